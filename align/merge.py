@@ -1,0 +1,49 @@
+"""Merge the LoRA adapter into the base model and save a plain HF folder (safetensors + tokenizer).
+
+The base is reloaded in full precision rather than merging into the 4-bit training model: merging into NF4
+weights rounds the update away, and `dequantize()` goes through bf16 (../shared/NOTES.md).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from align.models import load_causal_lm, load_tokenizer
+from harmgate.config import RunConfig
+from harmgate.rundir import RunDir, read_json, write_json
+
+
+def merge_adapter(run: RunDir, config: RunConfig) -> Path:
+    from peft import PeftModel
+
+    if not (run.adapter_dir / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"no adapter at {run.adapter_dir}: run `harmgate train {run.root}` first")
+    started = time.time()
+    # Full precision for the merge itself; the saved dtype follows the config (float32 on CPU runs).
+    dtype = config.model.torch_dtype if config.model.torch_dtype != "auto" else "float32"
+    base = load_causal_lm(config.model.base, revision=config.model.revision, dtype=dtype)
+    tokenizer = load_tokenizer(config.model.base, revision=config.model.revision)
+    merged = PeftModel.from_pretrained(base, run.adapter_dir).merge_and_unload()
+    for cfg in (merged.config, merged.generation_config):
+        cfg.eos_token_id = tokenizer.eos_token_id
+        cfg.pad_token_id = tokenizer.pad_token_id
+
+    dest = run.merged_model_dir
+    tmp = dest.with_name(f".{dest.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    merged.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    write_json(tmp / "harmgate_merge.json", {
+        "base_model": config.model.base,
+        "adapter": str(run.adapter_dir),
+        "dtype": dtype,
+        "seconds": round(time.time() - started, 2),
+        "train_metrics": read_json(run.train_metrics) if run.train_metrics.is_file() else None,
+    })
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)  # only a complete folder ever carries the final name
+    return dest

@@ -1,0 +1,253 @@
+"""The training mixture: sources -> conversational prompt/completion examples + a manifest.
+
+Example (TRL's conversational prompt-completion shape; loss on the final reply only)::
+
+    {"prompt": [{"role": "user", "content": "..."}, ...], "completion": [{"role": "assistant", "content": "..."}],
+     "source": "Anthropic/hh-rlhf"}
+
+Pipeline, per source in config order: read rows (``limit``) -> convert (hh: the ``field`` transcript;
+instruction: instruction/input/output[/history]) -> drop eval leaks -> drop duplicates (global, first source
+wins). Every dropped row is counted under a reason in the manifest; nothing is dropped silently.
+
+Sampling rule:
+
+- ``max_examples`` is None: every usable row of every source is taken; weights do not change the data (a
+  source cannot be "too small" for "everything"). The manifest says ``sampling: "all_usable"``.
+- ``max_examples`` = N: each source's target is its weight share of N (largest remainder, so the targets sum
+  to N). A source with fewer usable rows than its target gives all of them (never upsampled: no row appears
+  twice) and the manifest records ``short_by``; the shortfall is re-shared among the other sources by weight,
+  so the mixture still has N examples when the sources hold N usable rows in total. Rows are drawn without
+  replacement with a per-source RNG seeded by (seed, position, id), then the whole mixture is shuffled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from align.instructions import instruction_to_messages
+from align.sources import SourceRows, read_source
+from align.transcripts import RowError, TranscriptError, parse_transcript, split_prompt_completion
+from harmgate.config import DataConfig, DataSource
+from harmgate.rundir import RunDir, write_json, write_text_atomic
+
+MANIFEST_VERSION = 1
+
+# Licences of known training sources, used when the config does not state one.
+KNOWN_LICENCES: dict[str, str] = {
+    "Anthropic/hh-rlhf": "MIT",
+    "Unified-Language-Model-Alignment/Anthropic_HH_Golden": "Apache-2.0",
+    "tatsu-lab/alpaca": "CC BY-NC 4.0",
+    "vinid/safety-tuned-llamas": "CC BY-NC 4.0",
+    "GAIR/lima": "CC BY-NC-SA",
+}
+
+
+class DataLeakError(ValueError):
+    """Training examples whose first user turn is an evaluation prompt."""
+
+
+@dataclass
+class Mixture:
+    examples: list[dict[str, Any]]
+    manifest: dict[str, Any]
+
+
+def normalise(text: str) -> str:
+    """Casefolded, whitespace-collapsed text: the key for dedup and leak checks."""
+    return " ".join(text.casefold().split())
+
+
+def row_to_example(row: dict[str, Any], source: DataSource) -> dict[str, Any]:
+    """One raw row -> example; raises a RowError (with ``reason``) when the row cannot be used."""
+    if source.format == "hh":
+        if source.field not in row:
+            raise TranscriptError("missing_field", f"row has no {source.field!r} transcript")
+        messages = parse_transcript(row[source.field])
+    else:
+        messages = instruction_to_messages(row)
+    prompt, completion = split_prompt_completion(messages)
+    return {"prompt": prompt, "completion": completion, "source": source.id}
+
+
+def first_user_turn(example: dict[str, Any]) -> str:
+    return next((m["content"] for m in example["prompt"] if m["role"] == "user"), "")
+
+
+def _dedup_key(example: dict[str, Any]) -> str:
+    turns = [*example["prompt"], *example["completion"]]
+    return "\x1e".join(f"{m['role']}\x1f{normalise(m['content'])}" for m in turns)
+
+
+def _eval_set(eval_prompts: Iterable[str]) -> set[str]:
+    return {n for n in (normalise(p) for p in eval_prompts if isinstance(p, str)) if n}
+
+
+def check_no_leakage(examples: Iterable[dict[str, Any]], eval_prompts: Iterable[str]) -> None:
+    """Raise DataLeakError if any example's first user turn is (normalised) an eval prompt."""
+    evals = _eval_set(eval_prompts)
+    leaks = [first_user_turn(ex) for ex in examples if normalise(first_user_turn(ex)) in evals]
+    if leaks:
+        shown = "; ".join(repr(t[:80]) for t in leaks[:3])
+        raise DataLeakError(f"{len(leaks)} training example(s) have an evaluation prompt as their first user "
+                            f"turn, e.g. {shown}")
+
+
+def _largest_remainder(total: int, weights: list[float]) -> list[int]:
+    wsum = sum(weights)
+    raw = [total * w / wsum for w in weights]
+    shares = [int(r) for r in raw]
+    order = sorted(range(len(raw)), key=lambda i: (-(raw[i] - shares[i]), i))
+    for i in order[: total - sum(shares)]:
+        shares[i] += 1
+    return shares
+
+
+def allocate(pools: list[int], weights: list[float], total: int) -> list[int]:
+    """Rows to take per source: weight shares of ``total``, capped by pool size; a capped source's
+    shortfall is re-shared among the others by weight (water-filling). Never exceeds a pool."""
+    alloc = [0] * len(pools)
+    active = [i for i, p in enumerate(pools) if p > 0]
+    remaining = min(total, sum(pools))
+    while remaining > 0 and active:
+        shares = _largest_remainder(remaining, [weights[i] for i in active])
+        capped = [i for i, s in zip(active, shares) if s > pools[i]]
+        if not capped:
+            for i, s in zip(active, shares):
+                alloc[i] = s
+            break
+        for i in capped:
+            alloc[i] = pools[i]
+            remaining -= pools[i]
+        active = [i for i in active if i not in capped]
+    return alloc
+
+
+def _licence(source: DataSource) -> tuple[str, str]:
+    if source.licence:
+        return source.licence, "config"
+    if source.id in KNOWN_LICENCES:
+        return KNOWN_LICENCES[source.id], "builtin"
+    return "unknown", "unknown"
+
+
+def build_mixture(data: DataConfig, *, eval_prompts: Iterable[str] = ()) -> Mixture:
+    evals = _eval_set(eval_prompts)
+    seen: set[str] = set()
+    pools: list[list[dict[str, Any]]] = []
+    entries: list[dict[str, Any]] = []
+    for source in data.sources:
+        raw: SourceRows = read_source(source, mirror=data.mirror)
+        skipped: Counter[str] = Counter(raw.skipped)
+        pool: list[dict[str, Any]] = []
+        for row in raw.rows:
+            try:
+                ex = row_to_example(row, source)
+            except RowError as err:
+                skipped[err.reason] += 1
+                continue
+            if evals and normalise(first_user_turn(ex)) in evals:
+                skipped["eval_leak"] += 1
+                continue
+            if data.dedup:
+                key = _dedup_key(ex)
+                if key in seen:
+                    skipped["duplicate"] += 1
+                    continue
+                seen.add(key)
+            pool.append(ex)
+        licence, licence_origin = _licence(source)
+        pools.append(pool)
+        entries.append({
+            "id": source.id, "format": source.format, "field": source.field if source.format == "hh" else None,
+            "data_dir": source.data_dir, "split": source.split, "resolved": raw.origin,
+            "licence": licence, "licence_origin": licence_origin, "weight": source.weight, "limit": source.limit,
+            "rows_read": raw.rows_read, "usable": len(pool), "target": None, "used": 0, "short_by": 0,
+            "skipped": dict(sorted(skipped.items())),
+        })
+
+    sizes = [len(p) for p in pools]
+    weights = [s.weight for s in data.sources]
+    notes: list[str] = []
+    if data.max_examples is None:
+        take = sizes
+    else:
+        targets = _largest_remainder(data.max_examples, weights)
+        take = allocate(sizes, weights, data.max_examples)
+        for entry, target, size in zip(entries, targets, sizes):
+            entry["target"] = target
+            if size < target:
+                entry["short_by"] = target - size
+                notes.append(f"{entry['id']}: {size} usable rows, fewer than its {target}-row weight share; all "
+                             f"taken (not upsampled), the {target - size}-row shortfall re-shared by weight")
+        if sum(take) < data.max_examples:
+            notes.append(f"mixture has {sum(take)} examples, fewer than max_examples={data.max_examples}: "
+                         f"the sources hold no more usable rows")
+
+    examples: list[dict[str, Any]] = []
+    for i, (source, pool, k, entry) in enumerate(zip(data.sources, pools, take, entries)):
+        # String seeds hash with SHA-512: stable across processes (unlike hash()).
+        rng = random.Random(f"{data.seed}:{i}:{source.id}")
+        picked = sorted(rng.sample(range(len(pool)), k)) if k < len(pool) else range(len(pool))
+        examples.extend(pool[j] for j in picked)
+        entry["used"] = k
+    random.Random(f"{data.seed}:shuffle").shuffle(examples)
+
+    total_skipped: Counter[str] = Counter()
+    for entry in entries:
+        total_skipped.update(entry["skipped"])
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "sampling": "all_usable" if data.max_examples is None else "weighted_shares",
+        "seed": data.seed, "dedup": data.dedup, "max_examples": data.max_examples,
+        "eval_prompts_checked": len(evals),
+        "sources": entries,
+        "totals": {
+            "rows_read": sum(e["rows_read"] for e in entries), "usable": sum(sizes), "examples": len(examples),
+            "skipped": dict(sorted(total_skipped.items())),
+        },
+        "licences": sorted({e["licence"] for e in entries}),
+        "notes": notes,
+    }
+    return Mixture(examples=examples, manifest=manifest)
+
+
+def write_mixture(mixture: Mixture, run: RunDir) -> None:
+    """train.jsonl first, then the manifest (with the data file's hash): a manifest implies complete data."""
+    text = "".join(json.dumps(ex, ensure_ascii=False) + "\n" for ex in mixture.examples)
+    write_text_atomic(run.train_data, text)
+    manifest = dict(mixture.manifest)
+    manifest["train_data"] = {
+        "path": str(run.train_data.relative_to(run.root)), "examples": len(mixture.examples),
+        "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+    }
+    write_json(run.data_manifest, manifest)
+
+
+def read_mixture(run: RunDir) -> list[dict[str, Any]]:
+    path: Path = run.train_data
+    if not path.is_file():
+        raise FileNotFoundError(f"missing artifact {path}: run the data stage first")
+    examples: list[dict[str, Any]] = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                ex = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{n} is not valid JSON ({err}); rerun the data stage") from None
+            if not (isinstance(ex, dict) and isinstance(ex.get("prompt"), list)
+                    and isinstance(ex.get("completion"), list)):
+                raise ValueError(f"{path}:{n} is not a prompt/completion example; rerun the data stage")
+            examples.append(ex)
+    return examples
+
+
+__all__ = ["Mixture", "DataLeakError", "KNOWN_LICENCES", "allocate", "build_mixture", "check_no_leakage",
+           "first_user_turn", "normalise", "read_mixture", "row_to_example", "write_mixture"]

@@ -1,0 +1,172 @@
+"""QLoRA SFT: TRL's SFTTrainer + peft LoRA on a bitsandbytes NF4 base.
+
+Examples are conversational prompt/completion pairs (align.mixture), so TRL applies the model's own chat
+template and masks the prompt: the loss falls on the final assistant reply only. That works with any chat
+template, unlike ``assistant_only_loss`` which needs ``{% generation %}`` markers that SmolLM2 and Llama 3.1
+templates lack.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from align.models import load_causal_lm, load_tokenizer, torch_dtype
+from harmgate.config import QuantizationConfig, RunConfig
+from harmgate.rundir import RunDir, read_json, write_json
+
+
+def bnb_config(q: QuantizationConfig):
+    if not q.load_in_4bit:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q.quant_type,
+                              bnb_4bit_use_double_quant=q.double_quant,
+                              bnb_4bit_compute_dtype=torch_dtype(q.compute_dtype),
+                              bnb_4bit_quant_storage=torch_dtype(q.compute_dtype))
+
+
+def lora_config(config: RunConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+                      target_modules=config.lora.target_modules, bias="none", task_type="CAUSAL_LM")
+
+
+def read_examples(run: RunDir) -> list[dict[str, Any]]:
+    import json
+
+    if not run.train_data.is_file():
+        raise FileNotFoundError(f"no training data at {run.train_data}: run `harmgate data {run.root}` first")
+    rows = []
+    with run.train_data.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            row = json.loads(line)
+            if not row.get("prompt") or not row.get("completion"):
+                raise ValueError(f"{run.train_data}:{n}: an example needs non-empty 'prompt' and 'completion'")
+            rows.append({"prompt": row["prompt"], "completion": row["completion"]})
+    if not rows:
+        raise ValueError(f"{run.train_data} holds no examples")
+    return rows
+
+
+def _sft_config(run: RunDir, config: RunConfig, on_gpu: bool):
+    from trl import SFTConfig
+
+    t, q = config.training, config.quantization
+    return SFTConfig(
+        output_dir=str(run.checkpoints_dir),
+        max_steps=t.max_steps,
+        num_train_epochs=t.num_epochs,
+        per_device_train_batch_size=t.per_device_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        logging_steps=t.logging_steps,
+        save_steps=t.save_steps,
+        save_total_limit=2,
+        seed=t.seed,
+        max_length=t.max_seq_length,
+        completion_only_loss=True,
+        gradient_checkpointing=t.gradient_checkpointing,
+        bf16=on_gpu and q.compute_dtype == "bfloat16",
+        fp16=on_gpu and q.compute_dtype == "float16",
+        use_cpu=not on_gpu,
+        report_to=[],
+        dataloader_num_workers=0,
+        include_num_input_tokens_seen="non_padding",
+    )
+
+
+def _peak_memory_bytes(on_gpu: bool) -> dict[str, int]:
+    import torch
+
+    peak = {"cpu_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    if on_gpu:
+        peak["gpu_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+    return peak
+
+
+def train(run: RunDir, config: RunConfig, *, resume: bool = True) -> dict[str, Any]:
+    """Train the adapter into ``run.adapter_dir`` and write ``run.train_metrics``; returns the metrics."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    on_gpu = torch.cuda.is_available()
+    examples = read_examples(run)
+    tokenizer = load_tokenizer(config.model.base, revision=config.model.revision)
+    model = load_causal_lm(
+        config.model.base, revision=config.model.revision,
+        dtype=config.quantization.compute_dtype if on_gpu else "float32",
+        quantization_config=bnb_config(config.quantization),
+        device_map={"": 0} if on_gpu else None,
+    )
+    model.config.use_cache = False
+    trainer = SFTTrainer(model=model, args=_sft_config(run, config, on_gpu),
+                         train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
+                         peft_config=lora_config(config))
+    # A model from from_pretrained starts in eval mode; without train() gradient checkpointing stays off.
+    trainer.model.train()
+
+    checkpoint = _last_checkpoint(run.checkpoints_dir) if resume else None
+    started = time.time()
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    wall = time.time() - started
+
+    tmp = run.adapter_dir.with_name(f".{run.adapter_dir.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    trainer.model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if run.adapter_dir.exists():
+        shutil.rmtree(run.adapter_dir)
+    tmp.rename(run.adapter_dir)
+
+    metrics = _train_metrics(trainer, config, examples, wall, on_gpu, checkpoint)
+    write_json(run.train_metrics, metrics)
+    return metrics
+
+
+def _last_checkpoint(checkpoints: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return Path(get_last_checkpoint(str(checkpoints))) if checkpoints.is_dir() and get_last_checkpoint(str(checkpoints)) else None
+
+
+def _train_metrics(trainer, config: RunConfig, examples, wall: float, on_gpu: bool, resumed_from) -> dict[str, Any]:
+    import torch
+
+    history = trainer.state.log_history
+    curve = [{"step": h["step"], "loss": h["loss"], "learning_rate": h.get("learning_rate")}
+             for h in history if "loss" in h and math.isfinite(h["loss"])]
+    summary = next((h for h in reversed(history) if "train_runtime" in h), {})
+    tokens = int(trainer.state.num_input_tokens_seen or 0)
+    return {
+        "base_model": config.model.base,
+        "device": torch.cuda.get_device_name(0) if on_gpu else "cpu",
+        "examples": len(examples),
+        "global_steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "loss_curve": curve,
+        "final_loss": curve[-1]["loss"] if curve else None,
+        "train_loss": summary.get("train_loss"),
+        "tokens_seen": tokens,
+        "tokens_per_second": round(tokens / wall, 2) if wall > 0 else None,
+        "wall_seconds": round(wall, 2),
+        "peak_memory": _peak_memory_bytes(on_gpu),
+        "resumed_from": str(resumed_from) if resumed_from else None,
+        "quantization": config.quantization.model_dump(),
+        "lora": config.lora.model_dump(),
+    }
+
+
+def load_train_metrics(run: RunDir) -> dict[str, Any]:
+    return read_json(run.train_metrics)

@@ -1,0 +1,245 @@
+"""`harmgate`: one subcommand per stage, plus the whole pipeline, the local store and the model cache.
+
+Exit codes: 0 success, 1 the gate blocked the model (or a publish was refused), 2 bad input or environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from harmgate.config import ConfigError, RunConfig, load_config
+from harmgate.rundir import RunDir, create_run_dir, open_run_dir
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Safety evaluation and release gate for LLM fine-tuning.")
+store_app = typer.Typer(no_args_is_help=True, help="The local S3 store (SeaweedFS on 127.0.0.1).")
+models_app = typer.Typer(no_args_is_help=True, help="Models on local disk (the offline model mirror).")
+registry_app = typer.Typer(no_args_is_help=True, help="Published models in the S3 registry.")
+app.add_typer(store_app, name="store")
+app.add_typer(models_app, name="models")
+app.add_typer(registry_app, name="registry")
+
+console = Console(stderr=False)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _run_and_config(target: Path, run_dir: Optional[Path]) -> tuple[RunDir, RunConfig]:
+    """A config file starts a new run; a run directory continues that run with its frozen config."""
+    try:
+        if target.is_dir():
+            run = open_run_dir(target)
+            return run, run.config()
+        config = load_config(target)
+        return create_run_dir(config, run_dir), config
+    except (ConfigError, FileNotFoundError, FileExistsError) as err:
+        _fail(str(err))
+    raise AssertionError("unreachable")
+
+
+def _stages(run: RunDir, config: RunConfig, stages: tuple[str, ...]) -> list:
+    from harmgate.pipeline import PreflightError, run_pipeline
+
+    try:
+        return run_pipeline(run, config, stages=stages, console=console)
+    except PreflightError as err:
+        _fail(str(err))
+    except Exception as err:  # noqa: BLE001 - every stage failure gets one clear line, the trace goes to the log
+        logging.getLogger("harmgate").debug("stage failed", exc_info=True)
+        _fail(f"{type(err).__name__}: {err}\n(run directory: {run.root}; rerun the failed stage alone once fixed)")
+    return []
+
+
+@app.command()
+def run(config: Path = typer.Argument(..., help="Run config YAML"),
+        run_dir: Optional[Path] = typer.Option(None, help="Run directory (default runs/<name>-<time>)"),
+        publish: bool = typer.Option(True, help="Publish to the registry when the gate passes")) -> None:
+    """The whole pipeline: data, train, merge, eval (base + tuned), gate, publish."""
+    run_, cfg = _run_and_config(config, run_dir)
+    console.print(f"run directory: [bold]{run_.root}[/]")
+    stages = tuple(s for s in ("data", "train", "merge", "eval", "gate", "publish") if publish or s != "publish")
+    reports = _stages(run_, cfg, stages)
+    gate = next((r for r in reports if r.stage == "gate"), None)
+    if gate is not None and not gate.details["verdict"]["passed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def data(target: Path = typer.Argument(..., help="Run config YAML (new run) or run directory")) -> None:
+    """Build the training mixture (data/train.jsonl + data/data_manifest.json)."""
+    run_, cfg = _run_and_config(target, None)
+    _stages(run_, cfg, ("data",))
+
+
+@app.command()
+def train(target: Path = typer.Argument(..., help="Run config YAML (new run) or run directory"),
+          run_dir: Optional[Path] = typer.Option(None, help="Run directory for a new run")) -> None:
+    """QLoRA-train the adapter and merge it (builds the data first if the run has none)."""
+    run_, cfg = _run_and_config(target, run_dir)
+    stages = ("train", "merge") if run_.train_data.is_file() else ("data", "train", "merge")
+    _stages(run_, cfg, stages)
+
+
+@app.command(name="eval")
+def eval_(run_dir: Path = typer.Argument(..., help="Run directory"),
+          arm: list[str] = typer.Option(["base", "tuned"], help="Which model(s) to evaluate")) -> None:
+    """Run every configured suite on the base and tuned models."""
+    from harmgate.pipeline import preflight, stage_eval
+
+    run_, cfg = _run_and_config(run_dir, None)
+    try:
+        preflight(cfg)
+        report = stage_eval(run_, cfg, tuple(arm))
+    except Exception as err:  # noqa: BLE001
+        _fail(f"{type(err).__name__}: {err}")
+    console.print(f"[bold green]eval[/]: {report.summary}")
+
+
+@app.command()
+def gate(run_dir: Path = typer.Argument(..., help="Run directory")) -> None:
+    """Decide against the KPI policy; writes verdict.json; exit 1 when a blocking KPI fails."""
+    from gates.summary import kpi_markdown
+    from gates.verdict import gate_run
+
+    run_, _ = _run_and_config(run_dir, None)
+    try:
+        verdict = gate_run(run_)
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        _fail(str(err))
+    console.print(kpi_markdown(verdict, str(run_.root)))
+    if not verdict["passed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def publish(run_dir: Path = typer.Argument(..., help="Run directory")) -> None:
+    """Upload the merged model, manifest and signed approval to S3 (only if the gate passed)."""
+    from gates.publish import publish_run
+    from gates.registry import NotApproved, RegistryError
+
+    run_, _ = _run_and_config(run_dir, None)
+    try:
+        record = publish_run(run_)
+    except NotApproved as err:
+        _fail(f"publish refused: {err}", code=1)
+    except (RegistryError, FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    console.print(f"[bold green]published[/] {record['name']} {record['version']} -> s3://{record['bucket']}")
+
+
+@app.command()
+def serve(config: Path = typer.Option(..., "--config", "-c", help="Run config YAML (store + service sections)"),
+          host: Optional[str] = typer.Option(None), port: Optional[int] = typer.Option(None)) -> None:
+    """Serve the newest approved model (or the pinned version) over HTTP, after verifying it."""
+    from serve.runner import serve_main
+
+    raise typer.Exit(serve_main(str(config), host=host, port=port))
+
+
+def _store_config(config: Optional[Path]):
+    from harmgate.config import StoreConfig
+
+    if config is None:
+        return StoreConfig(endpoint_url="http://127.0.0.1:8333")
+    try:
+        return load_config(config).store
+    except ConfigError as err:
+        _fail(str(err))
+
+
+@store_app.command("up")
+def store_up(state_dir: Path = typer.Option(Path(".harmgate/store"), help="Data, credentials and PID"),
+             port: int = typer.Option(8333, help="S3 port"),
+             bucket: str = typer.Option("harmgate-models")) -> None:
+    """Start SeaweedFS on 127.0.0.1 (telemetry off), create the bucket, print endpoint and credentials."""
+    from gates.store import StoreError, store_up as up
+
+    try:
+        info = up(state_dir, s3_port=port, bucket=bucket)
+    except StoreError as err:
+        _fail(str(err))
+    console.print(f"S3 endpoint: {info.endpoint}\nbucket: {bucket}\naccess key: {info.access_key}\n"
+                  f"secret key: {info.secret_key}\n(credentials saved in {state_dir}/state.json)")
+
+
+@store_app.command("down")
+def store_down(state_dir: Path = typer.Option(Path(".harmgate/store"))) -> None:
+    """Stop the local SeaweedFS by its PID."""
+    from gates.store import store_down as down
+
+    console.print(down(state_dir))
+
+
+@store_app.command("status")
+def store_status(state_dir: Path = typer.Option(Path(".harmgate/store"))) -> None:
+    """Is the local store running, and where."""
+    from gates.store import store_status as status
+
+    console.print(status(state_dir))
+
+
+@models_app.command("pull")
+def models_pull(name: str = typer.Argument(..., help="smollm2 or tiny"),
+                dest: Optional[Path] = typer.Option(None, help="Model mirror root (default $HARMGATE_MODEL_DIR or models/)"),
+                force: bool = typer.Option(False, help="Rebuild even if present")) -> None:
+    """Put an offline-installable model into the local model mirror as a normal HF folder."""
+    from align.models import PULLERS, ModelLoadError
+
+    if name not in PULLERS:
+        _fail(f"unknown model {name!r}; available: {', '.join(PULLERS)}")
+    try:
+        path = PULLERS[name](dest, force=force)
+    except ModelLoadError as err:
+        _fail(str(err))
+    console.print(f"{name}: {path}")
+
+
+@registry_app.command("list")
+def registry_list(name: str = typer.Argument(...), config: Optional[Path] = typer.Option(None, "--config", "-c")) -> None:
+    """Versions of a model in the registry, with approval and revocation state."""
+    from gates.registry import Registry, RegistryError
+
+    try:
+        for v in Registry(_store_config(config)).list_versions(name):
+            console.print(v)
+    except RegistryError as err:
+        _fail(str(err))
+
+
+@registry_app.command("show")
+def registry_show(name: str, version: str, config: Optional[Path] = typer.Option(None, "--config", "-c")) -> None:
+    """A version's manifest and approval state."""
+    import json
+
+    from gates.registry import Registry, RegistryError
+
+    try:
+        console.print_json(json.dumps(Registry(_store_config(config)).show(name, version), default=str))
+    except RegistryError as err:
+        _fail(str(err))
+
+
+@registry_app.command("revoke")
+def registry_revoke(name: str, version: str, reason: str = typer.Option(..., help="Why (recorded)"),
+                    config: Optional[Path] = typer.Option(None, "--config", "-c")) -> None:
+    """Revoke a version: the service refuses it at its next check."""
+    from gates.registry import Registry, RegistryError
+
+    try:
+        Registry(_store_config(config)).revoke(name, version, reason)
+    except RegistryError as err:
+        _fail(str(err))
+    console.print(f"revoked {name} {version}")
+
+
+def main() -> None:  # pragma: no cover - console-script shim
+    sys.exit(app())

@@ -1,0 +1,149 @@
+"""The stages, in the one order data flows: data -> train -> merge -> eval -> gate -> publish.
+
+Each stage reads the previous stage's artifacts from the run directory and writes its own, so any stage can be
+rerun alone (`harmgate eval RUN_DIR` after changing a suite, say). This module only sequences them and reports
+what happened; the work lives in align/, evals/ and gates/.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from rich.console import Console
+
+from harmgate.config import RunConfig
+from harmgate.rundir import RunDir
+
+STAGES = ("data", "train", "merge", "eval", "gate", "publish")
+
+
+class PreflightError(ValueError):
+    pass
+
+
+@dataclass
+class StageReport:
+    stage: str
+    seconds: float
+    summary: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def preflight(config: RunConfig) -> None:
+    """Catch what would otherwise fail after an hour of training: unknown suites, KPIs reading nothing."""
+    from evals.suites import get_suite
+
+    problems = []
+    suite_names = {s.name for s in config.evals.suites}
+    for s in config.evals.suites:
+        try:
+            get_suite(s.name)
+        except KeyError as err:
+            problems.append(f"evals.suites: {err.args[0]}")
+    for i, kpi in enumerate(config.policy.kpis):
+        suite = kpi.metric.split(".", 1)[0]
+        if suite not in suite_names:
+            problems.append(f"policy.kpis[{i}] ({kpi.name}): metric {kpi.metric!r} reads suite {suite!r}, "
+                            f"which is not in evals.suites {sorted(suite_names)}")
+    if problems:
+        raise PreflightError("config cannot run:\n  " + "\n  ".join(problems))
+
+
+def stage_data(run: RunDir, config: RunConfig) -> StageReport:
+    from align.mixture import build_mixture, write_mixture
+    from evals.runner import eval_prompts
+
+    started = time.time()
+    mixture = build_mixture(config.data, eval_prompts=eval_prompts(config))
+    write_mixture(mixture, run)
+    m = mixture.manifest
+    skipped = {s["id"]: s.get("skipped", {}) for s in m.get("sources", [])}
+    return StageReport("data", time.time() - started,
+                       f"{len(mixture.examples)} training examples from {len(config.data.sources)} source(s); "
+                       f"skipped rows by reason: {skipped}", {"manifest": str(run.data_manifest)})
+
+
+def stage_train(run: RunDir, config: RunConfig) -> StageReport:
+    from align.train import train
+
+    started = time.time()
+    metrics = train(run, config)
+    return StageReport("train", time.time() - started,
+                       f"QLoRA ({config.quantization.quant_type}, r={config.lora.r}) {metrics['global_steps']} steps, "
+                       f"loss {metrics['loss_curve'][0]['loss']:.3f} -> {metrics['final_loss']:.3f}, "
+                       f"{metrics['tokens_seen']} tokens in {metrics['wall_seconds']:.0f} s",
+                       {"adapter": str(run.adapter_dir)})
+
+
+def stage_merge(run: RunDir, config: RunConfig) -> StageReport:
+    from align.merge import merge_adapter
+
+    started = time.time()
+    path = merge_adapter(run, config)
+    return StageReport("merge", time.time() - started, f"merged model saved to {path}")
+
+
+def stage_eval(run: RunDir, config: RunConfig, arms: tuple[str, ...] = ("base", "tuned")) -> StageReport:
+    from evals.runner import evaluate_arm, write_summary
+
+    started = time.time()
+    for arm in arms:
+        evaluate_arm(run, config, arm)
+    summary = write_summary(run, config)
+    parts = []
+    for suite in config.evals.suites:
+        for metric in summary["arms"].get("tuned", summary["arms"].get("base", {})).get(suite.name, {}):
+            vals = [f"{arm} {summary['arms'][arm][suite.name][metric]['value']:.3f}"
+                    for arm in summary["arms"] if suite.name in summary["arms"][arm]]
+            parts.append(f"{suite.name}.{metric}: {', '.join(vals)}")
+    return StageReport("eval", time.time() - started, "; ".join(parts), {"summary": str(run.eval_summary)})
+
+
+def stage_gate(run: RunDir, config: RunConfig) -> StageReport:
+    from gates.verdict import gate_run
+
+    started = time.time()
+    verdict = gate_run(run)
+    if verdict["passed"]:
+        text = f"PASSED: all {len(verdict['kpis'])} blocking KPIs met"
+    else:
+        text = "BLOCKED by " + "; ".join(k["reason"] for k in verdict["kpis"] if not k["passed"] and k["severity"] == "block")
+    return StageReport("gate", time.time() - started, text, {"verdict": verdict})
+
+
+def stage_publish(run: RunDir, config: RunConfig) -> StageReport:
+    from gates.publish import publish_run
+
+    started = time.time()
+    record = publish_run(run)
+    return StageReport("publish", time.time() - started,
+                       f"published {record['name']} {record['version']} to s3://{record['bucket']} (approved)", record)
+
+
+STAGE_FUNCS: dict[str, Callable[[RunDir, RunConfig], StageReport]] = {
+    "data": stage_data, "train": stage_train, "merge": stage_merge,
+    "eval": stage_eval, "gate": stage_gate, "publish": stage_publish,
+}
+
+
+def run_pipeline(run: RunDir, config: RunConfig, *, stages: tuple[str, ...] = STAGES,
+                 console: Console | None = None) -> list[StageReport]:
+    """Run ``stages`` in order; publish runs only when the gate passed (a failed gate is not an error here)."""
+    console = console or Console()
+    preflight(config)
+    reports: list[StageReport] = []
+    for name in STAGES:
+        if name not in stages:
+            continue
+        if name == "publish" and reports and reports[-1].stage == "gate" and not reports[-1].details["verdict"]["passed"]:
+            console.print("[bold red]publish[/]: skipped: the gate blocked this model, nothing is uploaded")
+            reports.append(StageReport("publish", 0.0, "skipped: gate blocked"))
+            continue
+        console.rule(f"[bold]{name}")
+        report = STAGE_FUNCS[name](run, config)
+        style = "red" if name == "gate" and not report.details["verdict"]["passed"] else "green"
+        console.print(f"[bold {style}]{name}[/] ({report.seconds:.0f} s): {report.summary}")
+        reports.append(report)
+    return reports
