@@ -1,0 +1,45 @@
+"""The publish stage: a run directory whose verdict passed -> a signed version in the registry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gates.registry import NotApproved, Registry, RegistryError
+from harmgate.rundir import RunDir, read_json, write_json
+
+
+def failing_kpis(verdict: dict[str, Any]) -> list[str]:
+    """Human-readable names (with value/bound when the verdict has them) of KPIs that failed."""
+    out = []
+    for kpi in verdict.get("kpis") or []:
+        if not isinstance(kpi, dict):
+            continue
+        status = str(kpi.get("status", "")).lower()
+        failed = kpi.get("passed") is False or status in ("fail", "failed", "block", "blocked", "missing")
+        if failed and kpi.get("severity", "block") != "warn":
+            detail = kpi.get("message") or kpi.get("reason") or ""
+            if not detail and "value" in kpi:
+                detail = f"value {kpi['value']}"
+            out.append(f"{kpi.get('name', '?')}" + (f" ({detail})" if detail else ""))
+    return out
+
+
+def publish_run(run: RunDir, *, version: str | None = None, registry: Registry | None = None) -> dict[str, Any]:
+    config = run.config()
+    verdict = read_json(run.verdict)
+    if not isinstance(verdict, dict) or verdict.get("passed") is not True:
+        failing = failing_kpis(verdict) if isinstance(verdict, dict) else []
+        why = f"failing KPIs: {', '.join(failing)}" if failing else f"{run.verdict} does not say passed: true"
+        raise NotApproved(f"refusing to publish {config.name}: the release gate did not pass ({why})")
+    if not (run.merged_model_dir / "config.json").is_file():
+        raise RegistryError(f"no merged model in {run.merged_model_dir}: run the merge stage first")
+    metrics = read_json(run.eval_summary)
+    # The data manifest carries provenance and licences; a run trained elsewhere may not have one.
+    provenance = read_json(run.data_manifest) if run.data_manifest.is_file() else {"data_manifest": None}
+    registry = registry or Registry(config.store)
+    record = registry.publish(config.name, run.merged_model_dir, verdict=verdict, metrics=metrics,
+                              config=config.model_dump(mode="json"), provenance=provenance,
+                              base_model=config.model.base, version=version)
+    record["run_dir"] = str(run.root)
+    write_json(run.publish_record, record)
+    return record

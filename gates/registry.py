@@ -1,0 +1,296 @@
+"""The signed model registry on S3.
+
+Layout, one folder per immutable version::
+
+    <prefix>/<name>/<version>/files/<relpath>   the model folder's files (sha256 in object metadata)
+    <prefix>/<name>/<version>/manifest.json     files + verdict, metrics, config, provenance, git commit
+    <prefix>/<name>/<version>/approval.json     HMAC over the manifest digest; written LAST
+    <prefix>/<name>/<version>/revoked.json      present once revoked
+
+Because approval.json is written last (and only with If-None-Match), a reader that sees a valid approval knows
+every file was uploaded and checked. Readers trust nothing in the bucket but the signature: files are
+checked against the approved manifest after download, and again each time a cached copy is reused.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from gates.manifest import (BadSignature, ManifestMismatch, SigningKeyMissing, build_manifest, digest,
+                            safe_relpath, sign_approval, signing_key, utc_now, verify_approval)
+from gates.s3 import ObjectExists, ObjectNotFound, ObjectStore, RegistryError, StoreUnavailable, sha256_file
+from harmgate.config import StoreConfig
+
+__all__ = ["ApprovedModel", "IntegrityError", "NotApproved", "Registry", "RegistryError", "Revoked",
+           "SigningKeyMissing", "StoreUnavailable", "VersionNotFound"]
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+CACHE_MARKER = ".harmgate-verified.json"
+
+
+class NotApproved(RegistryError):
+    """No valid approval: failed verdict at publish time, no approval record, or a bad signature."""
+
+
+class Revoked(RegistryError):
+    pass
+
+
+class IntegrityError(RegistryError):
+    """A file (or the manifest) differs from what was approved."""
+
+
+class VersionNotFound(RegistryError):
+    pass
+
+
+@dataclass(frozen=True)
+class ApprovedModel:
+    name: str
+    version: str
+    local_dir: Path
+    manifest: dict[str, Any]
+    manifest_sha256: str
+
+
+def default_version() -> str:
+    return datetime.now(timezone.utc).strftime("v%Y%m%dT%H%M%SZ")
+
+
+def git_commit() -> str | None:
+    """HEAD of the repository holding this code, if it is a git checkout with a commit."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+
+
+def _check(pattern: re.Pattern[str], value: str, what: str) -> str:
+    if not isinstance(value, str) or not pattern.match(value):
+        raise RegistryError(f"invalid {what} {value!r}: must match {pattern.pattern}")
+    return value
+
+
+def _json_bytes(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+
+
+class Registry:
+    def __init__(self, store: StoreConfig, client: Any | None = None) -> None:
+        self.config = store
+        self.objects = ObjectStore(store, client)
+        self.prefix = store.prefix.strip("/")
+
+    # -- layout -------------------------------------------------------------------------------------
+    def _key(self, name: str, version: str, *parts: str) -> str:
+        return "/".join(p for p in (self.prefix, name, version, *parts) if p)
+
+    def _where(self, name: str, version: str) -> str:
+        return f"s3://{self.objects.bucket}/{self._key(name, version)}/ on {self.objects.endpoint}"
+
+    # -- write --------------------------------------------------------------------------------------
+    def publish(self, name: str, model_dir: Path, *, verdict: dict[str, Any], metrics: dict[str, Any],
+                config: dict[str, Any], provenance: dict[str, Any], base_model: str,
+                version: str | None = None) -> dict[str, Any]:
+        _check(NAME_RE, name, "model name")
+        version = _check(VERSION_RE, version or default_version(), "version")
+        if verdict.get("passed") is not True:
+            raise NotApproved(f"refusing to publish {name}:{version}: the verdict did not pass")
+        key = signing_key(self.config.signing_key_env)  # fail before uploading anything
+        if self.objects.list_keys(self._key(name, version) + "/"):
+            raise RegistryError(f"{name}:{version} already exists at {self._where(name, version)}; versions are "
+                                f"immutable, publish a new one")
+        manifest = build_manifest(Path(model_dir), name=name, version=version, base_model=base_model,
+                                  verdict=verdict, metrics=metrics, config=config, provenance=provenance,
+                                  git_commit=git_commit(),
+                                  created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+        # Round trip through JSON so the digest is of exactly what readers will parse (tuples, Paths...).
+        manifest = json.loads(json.dumps(manifest, default=str))
+        for entry in manifest["files"]:
+            self.objects.upload_file(Path(model_dir) / entry["path"], self._key(name, version, "files", entry["path"]),
+                                     sha256=entry["sha256"], size=entry["size"])
+        manifest_sha256 = digest(manifest)
+        try:
+            self.objects.put_bytes(self._key(name, version, "manifest.json"), _json_bytes(manifest), create_only=True)
+            approval = sign_approval(key, name=name, version=version, manifest_sha256=manifest_sha256)
+            self.objects.put_bytes(self._key(name, version, "approval.json"), _json_bytes(approval), create_only=True)
+        except ObjectExists as err:
+            raise RegistryError(f"{name}:{version} was published concurrently by someone else ({err})") from None
+        return {"name": name, "version": version, "bucket": self.objects.bucket,
+                "endpoint": self.objects.endpoint, "prefix": self._key(name, version) + "/",
+                "manifest_key": self._key(name, version, "manifest.json"),
+                "approval_key": self._key(name, version, "approval.json"),
+                "manifest_sha256": manifest_sha256, "files": len(manifest["files"]),
+                "bytes": sum(e["size"] for e in manifest["files"]), "approved_at": approval["approved_at"]}
+
+    def revoke(self, name: str, version: str, reason: str) -> dict[str, Any]:
+        """Mark a version unusable; idempotent (the first revocation's record is kept)."""
+        self._manifest(name, version)
+        existing = self.objects.get_json(self._key(name, version, "revoked.json"))
+        if existing:
+            return existing
+        record = {"name": name, "version": version, "reason": reason, "revoked_at": utc_now()}
+        try:
+            self.objects.put_bytes(self._key(name, version, "revoked.json"), _json_bytes(record), create_only=True)
+        except ObjectExists:
+            return self.objects.get_json(self._key(name, version, "revoked.json")) or record
+        return record
+
+    # -- read ---------------------------------------------------------------------------------------
+    def _manifest(self, name: str, version: str) -> dict[str, Any]:
+        _check(NAME_RE, name, "model name")
+        _check(VERSION_RE, version, "version")
+        manifest = self.objects.get_json(self._key(name, version, "manifest.json"))
+        if manifest is None:
+            raise VersionNotFound(f"{name}:{version} not found (no manifest at {self._where(name, version)})")
+        return manifest
+
+    def _approval_status(self, name: str, version: str, manifest: dict[str, Any],
+                         approval: Any) -> tuple[str, str | None]:
+        """("valid"|"invalid"|"missing"|"unverified", why)."""
+        if approval is None:
+            return "missing", "no approval record"
+        try:
+            key = signing_key(self.config.signing_key_env)
+        except SigningKeyMissing as err:
+            return "unverified", str(err)
+        try:
+            verify_approval(key, approval, name=name, version=version, manifest_sha256=digest(manifest))
+        except BadSignature as err:
+            return "invalid", str(err)
+        return "valid", None
+
+    def show(self, name: str, version: str) -> dict[str, Any]:
+        manifest = self._manifest(name, version)
+        approval = self.objects.get_json(self._key(name, version, "approval.json"))
+        status, why = self._approval_status(name, version, manifest, approval)
+        return {"name": name, "version": version, "manifest_sha256": digest(manifest), "manifest": manifest,
+                "approval": approval, "approval_status": status, "approval_problem": why,
+                "revoked": self.objects.get_json(self._key(name, version, "revoked.json"))}
+
+    def list_versions(self, name: str) -> list[dict[str, Any]]:
+        """Every version with a manifest, oldest first. ``approved``: an approval that is not known bad."""
+        _check(NAME_RE, name, "model name")
+        rows = []
+        for version in self.objects.list_subprefixes(self._key(name, "") + "/"):
+            if not VERSION_RE.match(version):
+                continue
+            manifest = self.objects.get_json(self._key(name, version, "manifest.json"))
+            if manifest is None:  # an interrupted publish: files without manifest
+                continue
+            approval = self.objects.get_json(self._key(name, version, "approval.json"))
+            status, _ = self._approval_status(name, version, manifest, approval)
+            revoked = self.objects.get_json(self._key(name, version, "revoked.json"))
+            rows.append({"version": version, "created_at": manifest.get("created_at"),
+                         "approved": status in ("valid", "unverified"), "signature": status,
+                         "revoked": revoked is not None, "revoked_reason": (revoked or {}).get("reason")})
+        return sorted(rows, key=lambda r: (str(r["created_at"]), r["version"]))
+
+    def latest_approved(self, name: str) -> str | None:
+        usable = [r for r in self.list_versions(name) if r["approved"] and not r["revoked"]]
+        return usable[-1]["version"] if usable else None
+
+    # -- fetch --------------------------------------------------------------------------------------
+    def fetch_verified(self, name: str, version: str, cache_dir: Path) -> ApprovedModel:
+        """Download (or reuse) a version after checking approval, revocation and every file's hash."""
+        manifest = self._manifest(name, version)
+        revoked = self.objects.get_json(self._key(name, version, "revoked.json"))
+        if revoked is not None:
+            raise Revoked(f"{name}:{version} was revoked at {revoked.get('revoked_at')}: {revoked.get('reason')}")
+        approval = self.objects.get_json(self._key(name, version, "approval.json"))
+        if approval is None:
+            raise NotApproved(f"{name}:{version} has no approval record at {self._where(name, version)}")
+        manifest_sha256 = digest(manifest)
+        try:
+            verify_approval(signing_key(self.config.signing_key_env), approval, name=name, version=version,
+                            manifest_sha256=manifest_sha256)
+        except ManifestMismatch as err:
+            raise IntegrityError(str(err)) from None
+        except BadSignature as err:
+            raise NotApproved(str(err)) from None
+        entries = _entries(manifest, name, version)
+
+        dest = Path(cache_dir) / name / version
+        if _cached_digest(dest) == manifest_sha256:
+            _verify_cache(dest, entries)
+            return ApprovedModel(name, version, dest, manifest, manifest_sha256)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=dest.parent))
+        try:
+            for entry in entries:
+                target = tmp / entry["path"]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    self.objects.download_file(self._key(name, version, "files", entry["path"]), target)
+                except ObjectNotFound:
+                    raise IntegrityError(f"{name}:{version}: {entry['path']} is in the manifest but missing from "
+                                         f"{self._where(name, version)}") from None
+            _verify_dir(tmp, entries, f"{name}:{version} as downloaded from {self._where(name, version)}")
+            (tmp / CACHE_MARKER).write_text(json.dumps({"name": name, "version": version,
+                                                        "manifest_sha256": manifest_sha256,
+                                                        "verified_at": utc_now()}))
+            if _cached_digest(dest) == manifest_sha256:  # another process finished the same download first
+                _verify_cache(dest, entries)
+            else:
+                if dest.exists():  # an incomplete copy, or one of a manifest that is no longer approved
+                    shutil.rmtree(dest)
+                tmp.rename(dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return ApprovedModel(name, version, dest, manifest, manifest_sha256)
+
+
+def _entries(manifest: dict[str, Any], name: str, version: str) -> list[dict[str, Any]]:
+    files = manifest.get("files")
+    if manifest.get("name") != name or manifest.get("version") != version or not isinstance(files, list) or not files:
+        raise IntegrityError(f"{name}:{version}: manifest is malformed or names another model")
+    for e in files:
+        safe_relpath(e.get("path", ""))
+    return files
+
+
+def _verify_cache(dest: Path, entries: list[dict[str, Any]]) -> None:
+    # A cached copy that changed is not silently replaced: someone or something altered a served model.
+    try:
+        _verify_dir(dest, entries, f"cached copy {dest}")
+    except IntegrityError as err:
+        raise IntegrityError(f"{err}; delete {dest} to download it again") from None
+
+
+def _cached_digest(dest: Path) -> str | None:
+    try:
+        return json.loads((dest / CACHE_MARKER).read_text()).get("manifest_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _verify_dir(root: Path, entries: list[dict[str, Any]], what: str) -> None:
+    """Exactly the manifest's files, each with its size and sha256; raise IntegrityError naming the first problem."""
+    present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() or p.is_symlink()}
+    present.discard(CACHE_MARKER)
+    expected = {e["path"] for e in entries}
+    if missing := sorted(expected - present):
+        raise IntegrityError(f"{what}: missing file(s) {missing}")
+    if extra := sorted(present - expected):
+        raise IntegrityError(f"{what}: unexpected file(s) not in the manifest {extra}")
+    for e in entries:
+        path = root / e["path"]
+        if path.is_symlink():
+            raise IntegrityError(f"{what}: {e['path']} is a symlink")
+        size = path.stat().st_size
+        if size != e["size"]:
+            raise IntegrityError(f"{what}: {e['path']} has {size} bytes, the manifest says {e['size']}")
+        actual = sha256_file(path)
+        if actual != e["sha256"]:
+            raise IntegrityError(f"{what}: {e['path']} sha256 mismatch: expected {e['sha256']}, got {actual}")

