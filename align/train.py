@@ -131,8 +131,18 @@ def train(run: RunDir, config: RunConfig, *, resume: bool = True) -> dict[str, A
     tmp.rename(run.adapter_dir)
 
     metrics = _train_metrics(trainer, config, examples, wall, on_gpu, checkpoint)
+    metrics["quantized_linear_layers"] = _count_4bit_layers(trainer.model)
     write_json(run.train_metrics, metrics)
     return metrics
+
+
+def _count_4bit_layers(model) -> int:
+    """Proof in the metrics that training really ran on a 4-bit base, not silently in full precision."""
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return 0
+    return sum(isinstance(m, Linear4bit) for m in model.modules())
 
 
 def _last_checkpoint(checkpoints: Path) -> Path | None:

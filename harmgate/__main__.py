@@ -1,0 +1,3 @@
+from harmgate.cli import app
+
+app(prog_name="harmgate")
