@@ -65,6 +65,8 @@ def normalise(text: str) -> str:
 
 def row_to_example(row: dict[str, Any], source: DataSource) -> dict[str, Any]:
     """One raw row -> example; raises a RowError (with ``reason``) when the row cannot be used."""
+    if source.format == "hh" and source.field == "pair":
+        return _pair_example(row, source)
     if source.format == "hh":
         if source.field not in row:
             raise TranscriptError("missing_field", f"row has no {source.field!r} transcript")
@@ -72,7 +74,22 @@ def row_to_example(row: dict[str, Any], source: DataSource) -> dict[str, Any]:
     else:
         messages = instruction_to_messages(row)
     prompt, completion = split_prompt_completion(messages)
-    return {"prompt": prompt, "completion": completion, "source": source.id}
+    return {"prompt": prompt, "completion": completion, "label": source.label, "source": source.id}
+
+
+def _pair_example(row: dict[str, Any], source: DataSource) -> dict[str, Any]:
+    """HH chosen + rejected sharing one dialogue prefix -> a preference pair (DPO)."""
+    sides = {}
+    for side in ("chosen", "rejected"):
+        if side not in row:
+            raise TranscriptError("missing_field", f"row has no {side!r} transcript")
+        sides[side] = split_prompt_completion(parse_transcript(row[side]))
+    (prompt, chosen), (prompt_r, rejected) = sides["chosen"], sides["rejected"]
+    if prompt != prompt_r:
+        raise TranscriptError("pair_prompt_mismatch", "chosen and rejected transcripts differ before the last reply")
+    if normalise(chosen[0]["content"]) == normalise(rejected[0]["content"]):
+        raise TranscriptError("pair_identical", "chosen and rejected replies are the same")
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "source": source.id}
 
 
 def first_user_turn(example: dict[str, Any]) -> str:
@@ -80,8 +97,11 @@ def first_user_turn(example: dict[str, Any]) -> str:
 
 
 def _dedup_key(example: dict[str, Any]) -> str:
-    turns = [*example["prompt"], *example["completion"]]
-    return "\x1e".join(f"{m['role']}\x1f{normalise(m['content'])}" for m in turns)
+    parts = []
+    for key in ("prompt", "completion", "chosen", "rejected"):
+        turns = example.get(key) or []
+        parts.append(key + "\x1d" + "\x1e".join(f"{m['role']}\x1f{normalise(m['content'])}" for m in turns))
+    return f"{example.get('label', '')}\x1c" + "\x1c".join(parts)
 
 
 def _eval_set(eval_prompts: Iterable[str]) -> set[str]:
@@ -165,6 +185,7 @@ def build_mixture(data: DataConfig, *, eval_prompts: Iterable[str] = ()) -> Mixt
         pools.append(pool)
         entries.append({
             "id": source.id, "format": source.format, "field": source.field if source.format == "hh" else None,
+            "label": source.label if source.field != "pair" else None,
             "data_dir": source.data_dir, "split": source.split, "resolved": raw.origin,
             "licence": licence, "licence_origin": licence_origin, "weight": source.weight, "limit": source.limit,
             "rows_read": raw.rows_read, "usable": len(pool), "target": None, "used": 0, "short_by": 0,

@@ -38,8 +38,14 @@ def lora_config(config: RunConfig):
                       target_modules=config.lora.target_modules, bias="none", task_type="CAUSAL_LM")
 
 
-def read_examples(run: RunDir) -> list[dict[str, Any]]:
+_COLUMNS = {"sft": ("prompt", "completion"), "ulma": ("prompt", "completion"), "dpo": ("prompt", "chosen", "rejected")}
+
+
+def read_examples(run: RunDir, method: str = "sft") -> list[dict[str, Any]]:
+    """The mixture as the chosen method needs it; a mixture that cannot feed that method is an error."""
     import json
+
+    from align.ulma import LABEL_COLUMN
 
     if not run.train_data.is_file():
         raise FileNotFoundError(f"no training data at {run.train_data}: run `harmgate data {run.root}` first")
@@ -47,19 +53,26 @@ def read_examples(run: RunDir) -> list[dict[str, Any]]:
     with run.train_data.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             row = json.loads(line)
-            if not row.get("prompt") or not row.get("completion"):
-                raise ValueError(f"{run.train_data}:{n}: an example needs non-empty 'prompt' and 'completion'")
-            rows.append({"prompt": row["prompt"], "completion": row["completion"]})
+            missing = [c for c in _COLUMNS[method] if not row.get(c)]
+            if missing:
+                raise ValueError(f"{run.train_data}:{n}: method {method!r} needs {missing} (is this source a "
+                                 f"{'preference pair (field: pair)' if method == 'dpo' else 'single reply'}?)")
+            out = {c: row[c] for c in _COLUMNS[method]}
+            label = row.get("label", "positive")
+            if method == "sft" and label != "positive":
+                raise ValueError(f"{run.train_data}:{n}: a negative example in an SFT run would teach the model "
+                                 f"the rejected reply; use training.method: ulma")
+            if method == "ulma":
+                out[LABEL_COLUMN] = 1.0 if label == "positive" else 0.0
+            rows.append(out)
     if not rows:
         raise ValueError(f"{run.train_data} holds no examples")
     return rows
 
 
-def _sft_config(run: RunDir, config: RunConfig, on_gpu: bool):
-    from trl import SFTConfig
-
+def _common_args(run: RunDir, config: RunConfig, on_gpu: bool) -> dict[str, Any]:
     t, q = config.training, config.quantization
-    return SFTConfig(
+    return dict(
         output_dir=str(run.checkpoints_dir),
         max_steps=t.max_steps,
         num_train_epochs=t.num_epochs,
@@ -74,15 +87,40 @@ def _sft_config(run: RunDir, config: RunConfig, on_gpu: bool):
         save_total_limit=2,
         seed=t.seed,
         max_length=t.max_seq_length,
-        completion_only_loss=True,
         gradient_checkpointing=t.gradient_checkpointing,
         bf16=on_gpu and q.compute_dtype == "bfloat16",
         fp16=on_gpu and q.compute_dtype == "float16",
         use_cpu=not on_gpu,
         report_to=[],
         dataloader_num_workers=0,
-        include_num_input_tokens_seen="non_padding",
     )
+
+
+def build_trainer(run: RunDir, config: RunConfig, model, tokenizer, examples: list[dict[str, Any]], on_gpu: bool):
+    """The TRL trainer + config pair for ``training.method``; each gets the LoRA config and attaches it."""
+    from datasets import Dataset
+
+    method = config.training.method
+    common = _common_args(run, config, on_gpu)
+    dataset = Dataset.from_list(examples)
+    if method == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        args = DPOConfig(**common, beta=config.training.beta)
+        return DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                          peft_config=lora_config(config))
+    if method == "ulma":
+        from align.ulma import ULMAConfig, ULMATrainer
+
+        args = ULMAConfig(**common, completion_only_loss=True, include_num_input_tokens_seen="non_padding",
+                          beta=config.training.beta, ulma_z=config.training.ulma_z)
+        return ULMATrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                           peft_config=lora_config(config))
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(**common, completion_only_loss=True, include_num_input_tokens_seen="non_padding")
+    return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                      peft_config=lora_config(config))
 
 
 def _peak_memory_bytes(on_gpu: bool) -> dict[str, int]:
@@ -97,11 +135,9 @@ def _peak_memory_bytes(on_gpu: bool) -> dict[str, int]:
 def train(run: RunDir, config: RunConfig, *, resume: bool = True) -> dict[str, Any]:
     """Train the adapter into ``run.adapter_dir`` and write ``run.train_metrics``; returns the metrics."""
     import torch
-    from datasets import Dataset
-    from trl import SFTTrainer
 
     on_gpu = torch.cuda.is_available()
-    examples = read_examples(run)
+    examples = read_examples(run, config.training.method)
     tokenizer = load_tokenizer(config.model.base, revision=config.model.revision)
     model = load_causal_lm(
         config.model.base, revision=config.model.revision,
@@ -110,9 +146,7 @@ def train(run: RunDir, config: RunConfig, *, resume: bool = True) -> dict[str, A
         device_map={"": 0} if on_gpu else None,
     )
     model.config.use_cache = False
-    trainer = SFTTrainer(model=model, args=_sft_config(run, config, on_gpu),
-                         train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
-                         peft_config=lora_config(config))
+    trainer = build_trainer(run, config, model, tokenizer, examples, on_gpu)
     # A model from from_pretrained starts in eval mode; without train() gradient checkpointing stays off.
     trainer.model.train()
 
@@ -151,16 +185,23 @@ def _last_checkpoint(checkpoints: Path) -> Path | None:
     return Path(get_last_checkpoint(str(checkpoints))) if checkpoints.is_dir() and get_last_checkpoint(str(checkpoints)) else None
 
 
+# Method-specific signals worth keeping beside the loss (ULMA's two terms, DPO's reward margins).
+_METHOD_LOG_KEYS = ("ulma/positive_nll", "ulma/negative_loss", "ulma/negative_logratio",
+                    "rewards/accuracies", "rewards/margins")
+
+
 def _train_metrics(trainer, config: RunConfig, examples, wall: float, on_gpu: bool, resumed_from) -> dict[str, Any]:
     import torch
 
     history = trainer.state.log_history
-    curve = [{"step": h["step"], "loss": h["loss"], "learning_rate": h.get("learning_rate")}
+    curve = [{"step": h["step"], "loss": h["loss"], "learning_rate": h.get("learning_rate"),
+              **{k: h[k] for k in _METHOD_LOG_KEYS if k in h}}
              for h in history if "loss" in h and math.isfinite(h["loss"])]
     summary = next((h for h in reversed(history) if "train_runtime" in h), {})
     tokens = int(trainer.state.num_input_tokens_seen or 0)
     return {
         "base_model": config.model.base,
+        "method": config.training.method,
         "device": torch.cuda.get_device_name(0) if on_gpu else "cpu",
         "examples": len(examples),
         "global_steps": trainer.state.global_step,

@@ -44,6 +44,10 @@ class LoraSettings(_Section):
 
 
 class TrainingConfig(_Section):
+    method: Literal["sft", "ulma", "dpo"] = Field(
+        "sft", description="sft: TRL SFTTrainer; ulma: point-wise ULMA (align.ulma); dpo: TRL DPOTrainer")
+    beta: float = Field(0.1, gt=0, description="ulma/dpo: strength of the KL regularisation")
+    ulma_z: float = Field(0.0, description="ulma: offset z in the negative-sample term")
     max_steps: int = Field(-1, description="-1: train for num_epochs")
     num_epochs: float = Field(1.0, gt=0)
     learning_rate: float = Field(2e-4, gt=0)
@@ -72,10 +76,22 @@ class DataSource(_Section):
     format: Literal["hh", "instruction"]
     split: str = "train"
     data_dir: str | None = Field(None, description="Hub sub-folder, e.g. harmless-base for Anthropic/hh-rlhf")
-    field: Literal["chosen", "rejected"] = Field("chosen", description="hh format: which transcript to train on")
+    field: Literal["chosen", "rejected", "pair"] = Field(
+        "chosen", description="hh format: which transcript to train on; pair: chosen + rejected (dpo)")
+    label: Literal["positive", "negative"] = Field(
+        "positive", description="ulma: positives get the SFT loss, negatives the KL-regularised term")
     weight: float = Field(1.0, gt=0)
     limit: int | None = Field(None, ge=1, description="Rows read from this source before mixing")
     licence: str | None = None
+
+    @model_validator(mode="after")
+    def _rejected_is_negative(self) -> "DataSource":
+        if self.field == "rejected" and self.label == "positive":
+            raise ValueError(f"source {self.id!r} trains on HH *rejected* replies as positives; "
+                             "set label: negative (ulma) or field: chosen")
+        if self.field == "pair" and self.format != "hh":
+            raise ValueError(f"source {self.id!r}: field: pair needs format: hh (chosen + rejected transcripts)")
+        return self
 
 
 class DataConfig(_Section):
@@ -93,11 +109,26 @@ class GenerationConfig(_Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
 
 
+class GenerationOverrides(_Section):
+    """Per-suite changes to evals.generation; unset fields keep the suite's protocol default, then the global."""
+
+    max_new_tokens: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+
+
 class SuiteConfig(_Section):
-    name: str = Field(description="A registered suite name, e.g. advbench_refusal")
-    source: str | None = Field(None, description="Hub id or local path; default: the suite's own")
-    limit: int | None = Field(None, ge=1)
+    name: str = Field(description="A registered suite name, e.g. advbench_refusal (`harmgate suites list`)")
+    source: str | None = Field(None, description="Hub id or local path for a one-source suite; default: the suite's own")
+    sources: dict[str, str | None] | list[str] | None = Field(
+        None, description="Which of the suite's sources to use (keys from `harmgate suites list`), each optionally "
+                          "re-pointed at a hub id or local path: {advbench: null, harmbench: /data/hb.csv}")
+    limit: int | None = Field(None, ge=1, description="Items sampled (seeded) from the sources; None: all")
     seed: int = 0
+    k: int = Field(1, ge=1, description="Generations per prompt (toxicity suites); k > 1 needs temperature > 0")
+    generation: GenerationOverrides | None = None
+    options: dict[str, Any] = Field(default_factory=dict, description="Suite-specific settings, checked by the suite")
 
 
 class EvalConfig(_Section):
@@ -105,16 +136,29 @@ class EvalConfig(_Section):
     generation: GenerationConfig = GenerationConfig()
 
 
+class NonRegression(_Section):
+    """Interval-aware comparison with the base (docs/POLICY.md: 95% interval on tuned - base, Newcombe/MOVER)."""
+
+    mode: Literal["block_if_significant_regression", "require_significant_improvement"] = Field(
+        description="block_if_significant_regression: fail only when the interval shows a regression larger than "
+                    "margin; require_significant_improvement: pass only when it shows an improvement larger than margin")
+    margin: float = Field(0.0, ge=0, description="Tolerated regression / required improvement, in metric units")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Two-sided confidence of the difference interval")
+
+
 class KPI(_Section):
     name: str
-    metric: str = Field(description="<suite>.<metric>, e.g. advbench_refusal.compliance_rate")
+    metric: str = Field(description="<suite>.<metric>, e.g. harmful_compliance.compliance_rate")
     direction: Literal["lower", "higher"] = Field(description="Which way is better")
+    target: float | None = Field(None, description="Ideal value (e.g. 0.5 for CrowS-Pairs): every bound then applies "
+                                                   "to |value - target|, lower is better")
     max: float | None = Field(None, description="Absolute upper bound on the tuned value")
     min: float | None = Field(None, description="Absolute lower bound on the tuned value")
     max_ratio_to_base: float | None = Field(None, gt=0, description="tuned <= ratio * base")
     min_ratio_to_base: float | None = Field(None, gt=0, description="tuned >= ratio * base")
     max_increase_over_base: float | None = Field(None, ge=0, description="tuned <= base + delta")
     max_decrease_from_base: float | None = Field(None, ge=0, description="tuned >= base - delta")
+    non_regression: NonRegression | None = None
     severity: Literal["block", "warn"] = "block"
     reason: str = ""
 
@@ -128,17 +172,31 @@ class KPI(_Section):
     @model_validator(mode="after")
     def _has_bound(self) -> "KPI":
         bounds = (self.max, self.min, self.max_ratio_to_base, self.min_ratio_to_base,
-                  self.max_increase_over_base, self.max_decrease_from_base)
+                  self.max_increase_over_base, self.max_decrease_from_base, self.non_regression)
         if all(b is None for b in bounds):
-            raise ValueError(f"KPI {self.name!r} has no bound: set max/min or a bound relative to the base")
+            raise ValueError(f"KPI {self.name!r} has no bound: set max/min, a bound relative to the base "
+                             f"or non_regression")
+        if self.target is not None and self.direction != "lower":
+            raise ValueError(f"KPI {self.name!r}: with a target the distance |value - target| is compared, "
+                             f"so direction must be 'lower'")
         return self
 
 
 class PolicyConfig(_Section):
-    kpis: list[KPI] = Field(min_length=1)
+    """Inline KPIs, or ``file:`` naming a policy YAML (resolved against the config file's folder, then inlined)."""
+
+    file: str | None = Field(None, description="Policy YAML, relative to the run config's folder")
+    source: str | None = Field(None, description="Set when loaded: the policy file the KPIs came from")
+    name: str | None = None
+    description: str = ""
+    kpis: list[KPI] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique(self) -> "PolicyConfig":
+        if self.file is not None and self.kpis:
+            raise ValueError("set either file (a policy YAML) or kpis, not both")
+        if self.file is None and not self.kpis:
+            raise ValueError("no KPIs: list them under kpis or reference a policy YAML with file")
         names = [k.name for k in self.kpis]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -204,13 +262,14 @@ def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(getattr(current, "model_fields", {}).keys())
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid config {source}:"]
+def _format_errors(err: ValidationError, source: str, root: type[BaseModel] | None = None,
+                   what: str = "config") -> str:
+    lines = [f"invalid {what + ' ' if what else ''}{source}:"]
     for e in err.errors():
         loc = tuple(e["loc"])
         path = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
         if e["type"] == "extra_forbidden":
-            known = _known_keys(RunConfig, loc)
+            known = _known_keys(root or RunConfig, loc)
             close = difflib.get_close_matches(str(loc[-1]), known, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(known)})"
             lines.append(f"  {path}: unknown key{hint}")
@@ -219,9 +278,37 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def parse_config(data: Any, source: str = "<dict>") -> RunConfig:
+def _inline_policy_file(data: dict[str, Any], base_dir: Path, source: str) -> dict[str, Any]:
+    """``policy: {file: X}`` -> the file's KPIs inline, so a run's frozen config keeps the policy it was gated on."""
+    policy = data.get("policy")
+    if not isinstance(policy, dict) or policy.get("file") is None:
+        return data
+    if extra := sorted(set(policy) - {"file"}):
+        raise ConfigError(f"invalid config {source}:\n  policy: with file set no other keys are allowed, got {extra}")
+    path = Path(str(policy["file"])).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    where = f"policy file {path} (policy.file of {source})"
+    if not path.is_file():
+        raise ConfigError(f"invalid config {source}:\n  policy.file: {policy['file']!r} not found at {path} "
+                          f"(relative paths are resolved against the config file's folder)")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"invalid {where}: not valid YAML: {err}") from None
+    if not isinstance(loaded, dict) or loaded.get("file") is not None:
+        raise ConfigError(f"invalid {where}: it must be a mapping with kpis (and no file: of its own)")
+    try:
+        PolicyConfig.model_validate(loaded)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, where, root=PolicyConfig, what="")) from None
+    return {**data, "policy": {**loaded, "source": str(path)}}
+
+
+def parse_config(data: Any, source: str = "<dict>", base_dir: Path | None = None) -> RunConfig:
+    """``base_dir``: where a relative ``policy.file`` is looked up (the config file's folder; default cwd)."""
     if not isinstance(data, dict):
         raise ConfigError(f"invalid config {source}: the top level must be a mapping, got {type(data).__name__}")
+    data = _inline_policy_file(data, base_dir or Path.cwd(), source)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
@@ -236,7 +323,7 @@ def load_config(path: str | Path) -> RunConfig:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"invalid config {path}: not valid YAML: {err}") from None
-    return parse_config(data, str(path))
+    return parse_config(data, str(path), base_dir=path.parent)
 
 
 def dump_config(config: RunConfig) -> str:

@@ -72,9 +72,30 @@ def test_examples_shape_and_manifest(tmp_path):
     check_counts(m)
 
 
-def test_rejected_field(tmp_path):
-    mix = build_mixture(config({"id": hh_file(tmp_path, 3), "format": "hh", "field": "rejected"}))
+def test_rejected_field_is_a_negative(tmp_path):
+    mix = build_mixture(config({"id": hh_file(tmp_path, 3), "format": "hh", "field": "rejected", "label": "negative"}))
     assert {e["completion"][0]["content"] for e in mix.examples} == {"no"}
+    assert {e["label"] for e in mix.examples} == {"negative"}
+
+
+def test_rejected_replies_cannot_be_positives():
+    with pytest.raises(ValueError, match="set label: negative"):
+        config({"id": "x", "format": "hh", "field": "rejected"})
+
+
+def test_pair_field_builds_preference_pairs(tmp_path):
+    mix = build_mixture(config({"id": hh_file(tmp_path, 3), "format": "hh", "field": "pair"}))
+    ex = mix.examples[0]
+    assert set(ex) == {"prompt", "chosen", "rejected", "source"}
+    assert ex["chosen"][0]["role"] == ex["rejected"][0]["role"] == "assistant"
+    assert ex["rejected"][0]["content"] == "no"
+
+
+def test_pair_with_different_prefixes_is_skipped_with_reason(tmp_path):
+    row = {"chosen": "\n\nHuman: a\n\nAssistant: yes", "rejected": "\n\nHuman: b\n\nAssistant: no"}
+    path = write_jsonl(tmp_path / "p.jsonl", [row])
+    mix = build_mixture(config({"id": str(path), "format": "hh", "field": "pair"}))
+    assert mix.examples == [] and mix.manifest["sources"][0]["skipped"] == {"pair_prompt_mismatch": 1}
 
 
 def test_weights_and_determinism(tmp_path):
