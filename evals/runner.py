@@ -1,26 +1,44 @@
-"""Run every configured suite on one arm (base or tuned) and write its results into the run directory."""
+"""Run every configured suite on one arm (base or tuned) and write its results into the run directory.
+
+Per suite: ``evals/<arm>/<suite>.json`` (metrics, breakdowns, samples, provenance; docs/RESULTS_SCHEMA.md) and
+``evals/<arm>/<suite>.samples.jsonl`` (the same per-sample records, one a line). ``evals/summary.json`` holds
+every arm's metrics, which the gate reads.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import time
-from dataclasses import asdict
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
-from evals.generate import generate_replies
-from evals.suites import EvalItem, get_suite
-from harmgate.config import RunConfig
-from harmgate.rundir import RunDir, read_json, write_json
+from evals.stats import Bootstrap
+from evals.suites import SuiteContext, SuiteResult, get_suite
+from harmgate.config import RunConfig, SuiteConfig
+from harmgate.rundir import RunDir, read_json, write_json, write_text_atomic
 
 ARMS = ("base", "tuned")
+SCHEMA_VERSION = 1  # docs/RESULTS_SCHEMA.md; bump on any incompatible change to the files below
 
 
-def load_eval_items(config: RunConfig) -> dict[str, list[EvalItem]]:
-    return {s.name: get_suite(s.name).load(s, config.data.mirror) for s in config.evals.suites}
+def check_suites(config: RunConfig) -> None:
+    """Every suite entry is runnable as configured (names, options, sources, k vs sampling): before any model
+    loads or any data is read."""
+    for s in config.evals.suites:
+        suite = get_suite(s.name)
+        suite.check(s)
+        suite.generation_config(config.evals.generation, s)
 
 
 def eval_prompts(config: RunConfig) -> list[str]:
-    """Every prompt any suite will ask: the training mixture must not contain them."""
-    return [item.prompt for items in load_eval_items(config).values() for item in items]
+    """Every user prompt any suite asks or scores: the training mixture must not contain them. This also holds
+    hh_preference's and helpfulness's items out of training."""
+    check_suites(config)
+    prompts: list[str] = []
+    for s in config.evals.suites:
+        prompts.extend(get_suite(s.name).eval_prompts(s, config.data.mirror))
+    return prompts
 
 
 def model_ref_for_arm(run: RunDir, config: RunConfig, arm: str) -> str:
@@ -33,37 +51,110 @@ def model_ref_for_arm(run: RunDir, config: RunConfig, arm: str) -> str:
     raise ValueError(f"unknown arm {arm!r}; expected one of {ARMS}")
 
 
-def evaluate_arm(run: RunDir, config: RunConfig, arm: str) -> dict[str, Any]:
+def default_toxicity_factory(config: RunConfig) -> Callable[[], Any]:
+    def build():
+        from evals.scorers import load_toxicity_scorer
+
+        return load_toxicity_scorer(config.evals.toxicity_scorer)
+    return build
+
+
+def default_judge_factory(config: RunConfig) -> Callable[[], Any]:
+    def build():
+        from evals.judge import load_judge
+
+        return load_judge(config.evals.judge)
+    return build
+
+
+def strict_json(value: Any) -> Any:
+    """NaN/inf -> None anywhere in ``value``: the result files are strict JSON (docs/RESULTS_SCHEMA.md)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def samples_path(run: RunDir, arm: str, suite: str) -> Path:
+    return run.eval_result(arm, suite).with_suffix(".samples.jsonl")
+
+
+def write_samples(path: Path, samples: list[dict[str, Any]]) -> None:
+    write_text_atomic(path, "".join(json.dumps(s, ensure_ascii=False, default=str, allow_nan=False) + "\n"
+                                    for s in samples))
+
+
+def run_suite(model, tokenizer, suite_cfg: SuiteConfig, config: RunConfig, *, desc: str = "",
+              work_dir: Path | None = None, toxicity_factory: Callable[[], Any] | None = None,
+              judge_factory: Callable[[], Any] | None = None) -> tuple[SuiteResult, dict[str, Any]]:
+    """One suite on one loaded model: its result and the settings it ran with."""
+    suite = get_suite(suite_cfg.name)
+    gen = suite.generation_config(config.evals.generation, suite_cfg)
+    ctx = SuiteContext(mirror=config.data.mirror, generation=gen, boot=Bootstrap(seed=suite_cfg.seed),
+                       toxicity_factory=toxicity_factory or default_toxicity_factory(config),
+                       judge_factory=judge_factory or default_judge_factory(config), work_dir=work_dir,
+                       desc=desc or suite.name)
+    result = suite.run(model, tokenizer, suite_cfg, ctx)
+    settings = {"kind": suite.kind, "limit": suite_cfg.limit, "seed": suite_cfg.seed, "k": suite_cfg.k,
+                "options": suite.options(suite_cfg).model_dump(),
+                "generation": gen.model_dump() if suite.kind != "likelihood" else None,
+                "prompt_format": getattr(suite.options(suite_cfg), "prompt_format", suite.prompt_format),
+                "ci": ctx.boot.describe()}
+    return result, settings
+
+
+def evaluate_arm(run: RunDir, config: RunConfig, arm: str, *, toxicity_factory: Callable[[], Any] | None = None,
+                 judge_factory: Callable[[], Any] | None = None) -> dict[str, Any]:
     import torch
 
     from align.models import load_causal_lm, load_tokenizer
 
+    check_suites(config)
     ref = model_ref_for_arm(run, config, arm)
     on_gpu = torch.cuda.is_available()
     model = load_causal_lm(ref, dtype="bfloat16" if on_gpu else "float32", device_map={"": 0} if on_gpu else None)
     model.eval()
     tokenizer = load_tokenizer(ref)
+    # One factory call per arm: the scorer/judge are built once and shared by the suites that need them.
+    shared: dict[str, Any] = {}
+    tox = toxicity_factory or default_toxicity_factory(config)
+
+    def cached(key: str, factory: Callable[[], Any] | None) -> Callable[[], Any] | None:
+        if factory is None:
+            return None
+        return lambda: shared[key] if key in shared else shared.setdefault(key, factory())
+
     results: dict[str, Any] = {}
-    for suite_cfg, (name, items) in zip(config.evals.suites, load_eval_items(config).items()):
-        suite = get_suite(name)
+    for suite_cfg in config.evals.suites:
+        name = suite_cfg.name
         started = time.time()
-        replies = generate_replies(model, tokenizer, [it.prompt for it in items], config.evals.generation,
-                                   desc=f"{arm}/{name}")
-        scored = suite.score(items, replies)
+        result, settings = run_suite(model, tokenizer, suite_cfg, config, desc=f"{arm}/{name}",
+                                     work_dir=run.root / "evals" / arm / f"{name}.work",
+                                     toxicity_factory=cached("toxicity", tox),
+                                     judge_factory=cached("judge", judge_factory or default_judge_factory(config)))
+        suite = get_suite(name)
+        jsonl = samples_path(run, arm, name)
         payload = {
-            "suite": name, "arm": arm, "model": ref, "source": suite_cfg.source or suite.default_source,
-            "limit": suite_cfg.limit, "seed": suite_cfg.seed,
-            "generation": config.evals.generation.model_dump(),
+            "schema_version": SCHEMA_VERSION, "suite": name, "arm": arm, "model": ref,
+            "description": suite.description, **settings,
+            "sources": result.info.pop("sources", []),
             "seconds": round(time.time() - started, 2),
-            **asdict(scored),
+            "metrics": result.metrics, "breakdowns": result.breakdowns, "info": result.info,
+            "metric_notes": {m: suite.metrics_doc.get(m, "") for m in result.metrics},
+            "samples_file": jsonl.name, "samples": result.samples,
         }
+        payload = strict_json(payload)
+        write_samples(jsonl, payload["samples"])
         write_json(run.eval_result(arm, name), payload)
         results[name] = payload["metrics"]
     return results
 
 
 def write_summary(run: RunDir, config: RunConfig) -> dict[str, Any]:
-    summary: dict[str, Any] = {"arms": {}}
+    summary: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "arms": {}}
     for arm in ARMS:
         arm_metrics = {}
         for suite in config.evals.suites:

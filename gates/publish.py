@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from gates.registry import NotApproved, Registry, RegistryError
 from harmgate.rundir import RunDir, read_json, write_json
+
+log = logging.getLogger("harmgate.publish")
 
 
 def failing_kpis(verdict: dict[str, Any]) -> list[str]:
@@ -39,7 +42,23 @@ def publish_run(run: RunDir, *, version: str | None = None, registry: Registry |
     registry = registry or Registry(config.store)
     record = registry.publish(config.name, run.merged_model_dir, verdict=verdict, metrics=metrics,
                               config=config.model_dump(mode="json"), provenance=provenance,
-                              base_model=config.model.base, version=version)
+                              base_model=config.model.base, version=version,
+                              attachments=_report_attachment(run))
     record["run_dir"] = str(run.root)
     write_json(run.publish_record, record)
     return record
+
+
+def _report_attachment(run: RunDir) -> dict[str, bytes]:
+    """The run's dashboard, published beside the manifest (signed with it) for the service's /dashboard.
+
+    A dashboard that cannot be rendered does not hold back a model the gate approved: it is logged and left out.
+    """
+    from gates.report import REPORT_FILE, build_report, render_report
+
+    try:
+        return {REPORT_FILE: render_report(build_report(run, registry=True)).encode()}
+    except Exception as err:  # noqa: BLE001 - see docstring
+        log.warning("publishing without %s: the report could not be rendered (%s: %s)", REPORT_FILE,
+                    type(err).__name__, err)
+        return {}

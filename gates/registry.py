@@ -14,6 +14,7 @@ checked against the approved manifest after download, and again each time a cach
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -33,6 +34,9 @@ __all__ = ["ApprovedModel", "IntegrityError", "NotApproved", "Registry", "Regist
            "SigningKeyMissing", "StoreUnavailable", "VersionNotFound"]
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+# Beside manifest.json; never one of the registry's own records.
+ATTACHMENT_RE = re.compile(r"^(?!(manifest|approval|revoked)\.json$)(?!files$)[A-Za-z0-9][A-Za-z0-9._-]*$")
+_CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".json": "application/json", ".md": "text/markdown"}
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 CACHE_MARKER = ".harmgate-verified.json"
 
@@ -87,9 +91,10 @@ def _json_bytes(data: Any) -> bytes:
 
 
 class Registry:
-    def __init__(self, store: StoreConfig, client: Any | None = None) -> None:
+    def __init__(self, store: StoreConfig, client: Any | None = None, **transfer: int) -> None:
+        """``transfer``: multipart_threshold / multipart_chunksize in bytes (default 64 MiB each)."""
         self.config = store
-        self.objects = ObjectStore(store, client)
+        self.objects = ObjectStore(store, client, **transfer)
         self.prefix = store.prefix.strip("/")
 
     # -- layout -------------------------------------------------------------------------------------
@@ -102,9 +107,15 @@ class Registry:
     # -- write --------------------------------------------------------------------------------------
     def publish(self, name: str, model_dir: Path, *, verdict: dict[str, Any], metrics: dict[str, Any],
                 config: dict[str, Any], provenance: dict[str, Any], base_model: str,
-                version: str | None = None) -> dict[str, Any]:
+                version: str | None = None, attachments: dict[str, bytes] | None = None) -> dict[str, Any]:
+        """Files, then attachments (e.g. report.html, beside the manifest), then the manifest, then the approval.
+
+        Attachments are listed in the manifest with their sha256, so the approval covers them too.
+        """
         _check(NAME_RE, name, "model name")
         version = _check(VERSION_RE, version or default_version(), "version")
+        for att in attachments or {}:
+            _check(ATTACHMENT_RE, att, "attachment name")
         if verdict.get("passed") is not True:
             raise NotApproved(f"refusing to publish {name}:{version}: the verdict did not pass")
         key = signing_key(self.config.signing_key_env)  # fail before uploading anything
@@ -115,6 +126,9 @@ class Registry:
                                   verdict=verdict, metrics=metrics, config=config, provenance=provenance,
                                   git_commit=git_commit(),
                                   created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+        if attachments:
+            manifest["attachments"] = {att: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+                                       for att, data in attachments.items()}
         # Round trip through JSON so the digest is of exactly what readers will parse (tuples, Paths...).
         manifest = json.loads(json.dumps(manifest, default=str))
         for entry in manifest["files"]:
@@ -122,6 +136,9 @@ class Registry:
                                      sha256=entry["sha256"], size=entry["size"])
         manifest_sha256 = digest(manifest)
         try:
+            for att, data in (attachments or {}).items():
+                self.objects.put_bytes(self._key(name, version, att), data, create_only=True,
+                                       content_type=_CONTENT_TYPES.get(Path(att).suffix, "application/octet-stream"))
             self.objects.put_bytes(self._key(name, version, "manifest.json"), _json_bytes(manifest), create_only=True)
             approval = sign_approval(key, name=name, version=version, manifest_sha256=manifest_sha256)
             self.objects.put_bytes(self._key(name, version, "approval.json"), _json_bytes(approval), create_only=True)
@@ -132,7 +149,8 @@ class Registry:
                 "manifest_key": self._key(name, version, "manifest.json"),
                 "approval_key": self._key(name, version, "approval.json"),
                 "manifest_sha256": manifest_sha256, "files": len(manifest["files"]),
-                "bytes": sum(e["size"] for e in manifest["files"]), "approved_at": approval["approved_at"]}
+                "bytes": sum(e["size"] for e in manifest["files"]), "approved_at": approval["approved_at"],
+                "attachments": sorted(manifest.get("attachments", {}))}
 
     def revoke(self, name: str, version: str, reason: str) -> dict[str, Any]:
         """Mark a version unusable; idempotent (the first revocation's record is kept)."""
@@ -194,12 +212,42 @@ class Registry:
             revoked = self.objects.get_json(self._key(name, version, "revoked.json"))
             rows.append({"version": version, "created_at": manifest.get("created_at"),
                          "approved": status in ("valid", "unverified"), "signature": status,
-                         "revoked": revoked is not None, "revoked_reason": (revoked or {}).get("reason")})
+                         "approved_at": (approval or {}).get("approved_at") if isinstance(approval, dict) else None,
+                         "revoked": revoked is not None, "revoked_reason": (revoked or {}).get("reason"),
+                         **_manifest_digest(manifest)})
         return sorted(rows, key=lambda r: (str(r["created_at"]), r["version"]))
 
     def latest_approved(self, name: str) -> str | None:
         usable = [r for r in self.list_versions(name) if r["approved"] and not r["revoked"]]
         return usable[-1]["version"] if usable else None
+
+    def fetch_attachment(self, name: str, version: str, attachment: str) -> bytes:
+        """An attachment's bytes (e.g. report.html), only if the version's approval verifies and the bytes match
+        the sha256 the approved manifest lists: a bucket writer cannot swap in their own page."""
+        _check(ATTACHMENT_RE, attachment, "attachment name")
+        manifest = self._manifest(name, version)
+        approval = self.objects.get_json(self._key(name, version, "approval.json"))
+        if approval is None:
+            raise NotApproved(f"{name}:{version} has no approval record at {self._where(name, version)}")
+        try:
+            verify_approval(signing_key(self.config.signing_key_env), approval, name=name, version=version,
+                            manifest_sha256=digest(manifest))
+        except ManifestMismatch as err:
+            raise IntegrityError(str(err)) from None
+        except BadSignature as err:
+            raise NotApproved(str(err)) from None
+        entry = (manifest.get("attachments") or {}).get(attachment)
+        if not isinstance(entry, dict):
+            raise VersionNotFound(f"{name}:{version} has no attachment {attachment!r} in its manifest")
+        data = self.objects.get_bytes(self._key(name, version, attachment))
+        if data is None:
+            raise IntegrityError(f"{name}:{version}: {attachment} is in the manifest but missing from "
+                                 f"{self._where(name, version)}")
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != entry.get("sha256"):
+            raise IntegrityError(f"{name}:{version}: {attachment} sha256 mismatch: approved {entry.get('sha256')}, "
+                                 f"stored {actual}")
+        return data
 
     # -- fetch --------------------------------------------------------------------------------------
     def fetch_verified(self, name: str, version: str, cache_dir: Path) -> ApprovedModel:
@@ -251,6 +299,17 @@ class Registry:
         return ApprovedModel(name, version, dest, manifest, manifest_sha256)
 
 
+def _manifest_digest(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a listing shows of a version besides its approval: provenance and the gate's numbers."""
+    verdict = manifest.get("verdict") if isinstance(manifest.get("verdict"), dict) else {}
+    files = manifest.get("files") if isinstance(manifest.get("files"), list) else []
+    kpis = [{k: kpi.get(k) for k in ("name", "status", "passed", "severity", "base", "tuned")}
+            for kpi in verdict.get("kpis") or [] if isinstance(kpi, dict)]
+    return {"base_model": manifest.get("base_model"), "git_commit": manifest.get("git_commit"),
+            "verdict_passed": verdict.get("passed"), "kpis": kpis, "files": len(files),
+            "bytes": sum(e.get("size", 0) for e in files if isinstance(e, dict))}
+
+
 def _entries(manifest: dict[str, Any], name: str, version: str) -> list[dict[str, Any]]:
     files = manifest.get("files")
     if manifest.get("name") != name or manifest.get("version") != version or not isinstance(files, list) or not files:
@@ -294,3 +353,18 @@ def _verify_dir(root: Path, entries: list[dict[str, Any]], what: str) -> None:
         actual = sha256_file(path)
         if actual != e["sha256"]:
             raise IntegrityError(f"{what}: {e['path']} sha256 mismatch: expected {e['sha256']}, got {actual}")
+
+
+def format_versions(name: str, rows: list[dict[str, Any]]) -> str:
+    """`harmgate registry list`: two lines per version, oldest first (readable at any terminal width)."""
+    lines = [f"{name}: {len(rows)} version(s), oldest first"]
+    for r in rows:
+        state = f"REVOKED ({r['revoked_reason']})" if r["revoked"] else ("servable" if r["approved"] else "NOT servable")
+        gate = {True: "passed", False: "FAILED"}.get(r.get("verdict_passed"), "unknown")
+        lines.append(f"  {r['version']}  {str(r['created_at'])[:19]}  signature {r['signature']}  {state}  "
+                     f"gate {gate}  commit {str(r.get('git_commit') or '-')[:10]}  "
+                     f"{r.get('files', 0)} files {r.get('bytes', 0) / 2**20:.1f} MiB")
+        kpis = [f"{k['name']}={k['tuned']:.4g}" for k in r.get("kpis", []) if isinstance(k.get("tuned"), (int, float))]
+        if kpis:
+            lines.append(f"      tuned: {', '.join(kpis)}")
+    return "\n".join(lines)

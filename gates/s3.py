@@ -153,14 +153,39 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def sha256_and_etag(path: Path, *, multipart_threshold: int, chunksize: int) -> tuple[str, str]:
+    """One read: the file's sha256 and the ETag S3 computes for it (MD5, or MD5 of part MD5s + "-N")."""
+    from s3transfer.utils import ChunksizeAdjuster
+
+    size = path.stat().st_size
+    multipart = size >= multipart_threshold
+    part = ChunksizeAdjuster().adjust_chunksize(chunksize, size) if multipart else max(size, 1)
+    sha, parts = hashlib.sha256(), []
+    with open(path, "rb") as f:
+        while chunk := f.read(part):
+            sha.update(chunk)
+            parts.append(hashlib.md5(chunk, usedforsecurity=False).digest())
+    if not multipart:
+        return sha.hexdigest(), (parts[0].hex() if parts else hashlib.md5(b"", usedforsecurity=False).hexdigest())
+    return sha.hexdigest(), f"{hashlib.md5(b''.join(parts), usedforsecurity=False).hexdigest()}-{len(parts)}"
+
+
 class ObjectStore:
     """One bucket, with the few operations the registry needs, each translated by ``translate_errors``."""
 
-    def __init__(self, store: StoreConfig, client: Any | None = None) -> None:
+    def __init__(self, store: StoreConfig, client: Any | None = None, *,
+                 multipart_threshold: int = 64 * 2**20, multipart_chunksize: int = 64 * 2**20) -> None:
         self.config = store
         self.bucket = store.bucket
         self.endpoint = endpoint_label(store)
         self.client = client if client is not None else make_s3_client(store)
+        self.multipart_threshold, self.multipart_chunksize = multipart_threshold, multipart_chunksize
+
+    def _transfer(self) -> Any:
+        from boto3.s3.transfer import TransferConfig
+
+        return TransferConfig(multipart_threshold=self.multipart_threshold, multipart_chunksize=self.multipart_chunksize,
+                              max_concurrency=4)
 
     def _errors(self, what: str):
         return translate_errors(self.endpoint, what)
@@ -199,24 +224,37 @@ class ObjectStore:
                                    Metadata={"sha256": hashlib.sha256(data).hexdigest()}, **extra)
 
     def upload_file(self, path: Path, key: str, *, sha256: str, size: int) -> None:
-        """Upload (multipart above 64 MiB), then check the stored size: multipart ETags are not MD5s."""
-        from boto3.s3.transfer import TransferConfig
+        """Upload (multipart from ``multipart_threshold``), then verify what the server stored.
 
-        transfer = TransferConfig(multipart_threshold=64 * 2**20, multipart_chunksize=64 * 2**20, max_concurrency=4)
+        The file is re-hashed first (it must still be what the manifest says), and the server's ETag, which it
+        computes from the bytes it received (MD5, or MD5 of the part MD5s for multipart), must equal ours.
+        SSE-KMS/SSE-C objects have ETags that are not MD5s: for those only the size is compared (S3 still
+        validates the CRC32 checksums boto3 sends with every part).
+        """
+        actual, etag = sha256_and_etag(path, multipart_threshold=self.multipart_threshold,
+                                       chunksize=self.multipart_chunksize)
+        if actual != sha256 or path.stat().st_size != size:
+            raise RegistryError(f"{path} changed after the manifest was built (sha256 {actual}, manifest {sha256}); "
+                                f"publish again from a model folder nobody is writing to")
         with self._errors(f"upload {path} to s3://{self.bucket}/{key}"):
-            self.client.upload_file(str(path), self.bucket, key, Config=transfer,
+            self.client.upload_file(str(path), self.bucket, key, Config=self._transfer(),
                                     ExtraArgs={"Metadata": {"sha256": sha256}})
             head = self.client.head_object(Bucket=self.bucket, Key=key)
-        if head["ContentLength"] != size or head.get("Metadata", {}).get("sha256") != sha256:
-            raise RegistryError(f"upload of {path} to s3://{self.bucket}/{key} did not stick: stored "
-                                f"{head['ContentLength']} bytes, expected {size}")
+        stored_etag = str(head.get("ETag", "")).strip('"')
+        encrypted = str(head.get("ServerSideEncryption", "")).startswith("aws:kms") or head.get("SSECustomerAlgorithm")
+        problems = []
+        if head["ContentLength"] != size:
+            problems.append(f"stored {head['ContentLength']} bytes, expected {size}")
+        if head.get("Metadata", {}).get("sha256") != sha256:
+            problems.append("sha256 metadata missing or different")
+        if not encrypted and stored_etag != etag:
+            problems.append(f"server ETag {stored_etag} != local {etag}")
+        if problems:
+            raise RegistryError(f"upload of {path} to s3://{self.bucket}/{key} did not verify: {'; '.join(problems)}")
 
     def download_file(self, key: str, dest: Path) -> None:
-        from boto3.s3.transfer import TransferConfig
-
-        transfer = TransferConfig(multipart_threshold=64 * 2**20, multipart_chunksize=64 * 2**20, max_concurrency=4)
         with self._errors(f"download s3://{self.bucket}/{key}"):
-            self.client.download_file(self.bucket, key, str(dest), Config=transfer)
+            self.client.download_file(self.bucket, key, str(dest), Config=self._transfer())
 
     def list_subprefixes(self, prefix: str) -> list[str]:
         """Immediate "folders" under ``prefix`` (which ends with /), without the prefix or trailing /."""

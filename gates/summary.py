@@ -1,11 +1,13 @@
-"""The verdict as Markdown: for CI job summaries and the terminal."""
+"""The verdict as Markdown: for CI job summaries ($GITHUB_STEP_SUMMARY) and the terminal."""
 
 from __future__ import annotations
 
 from typing import Any
 
+_RESULT = {"pass": "✅ pass", "fail": "❌ **FAIL**", "missing": "❌ **MISSING**"}
 
-def _fmt(v: Any) -> str:
+
+def _num(v: Any) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
@@ -13,19 +15,58 @@ def _ci(ci: Any) -> str:
     return "" if not ci else f" [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
+def _cell(text: Any) -> str:
+    """Table cells: a '|' or a newline in a reason would break the row."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _result(kpi: dict[str, Any]) -> str:
+    status = kpi.get("status") or ("pass" if kpi.get("passed") else "fail")
+    if status != "pass" and kpi.get("severity") == "warn":
+        return "⚠️ warn" + (" (missing)" if status == "missing" else "")
+    return _RESULT.get(status, status)
+
+
+def _delta(kpi: dict[str, Any]) -> str:
+    if kpi.get("delta") is None:
+        return "n/a"
+    iv = kpi.get("interval")
+    shown = f"{kpi['delta']:+.3f}"
+    if kpi.get("target") is not None:
+        shown += " (value)"
+    if iv:
+        what = "distance" if kpi.get("target") is not None else ""
+        shown += f" [{what + ' ' if what else ''}{iv['low']:+.3f}, {iv['high']:+.3f}]"
+    return shown
+
+
 def kpi_markdown(verdict: dict[str, Any], run_dir: str | None = None) -> str:
+    kpis = verdict.get("kpis", [])
     status = "PASSED" if verdict["passed"] else "BLOCKED"
-    lines = [f"## harmgate KPI gate: {status}", ""]
+    blocking, warnings = verdict.get("blocking_failures", []), verdict.get("warnings", [])
+    lines = [f"## {'✅' if verdict['passed'] else '❌'} harmgate KPI gate: {status}", ""]
+    head = f"{len(kpis)} KPIs: {len(kpis) - len(blocking) - len(warnings)} passed, {len(blocking)} blocking, " \
+           f"{len(warnings)} warnings"
+    policy = verdict.get("policy") or {}
+    if policy.get("name") or policy.get("source"):
+        head += f" · policy `{policy.get('name') or policy.get('source')}`"
     if run_dir:
-        lines += [f"Run: `{run_dir}`", ""]
-    lines += ["| KPI | metric | base | tuned (95% CI) | delta | bounds | severity | result |",
+        head += f" · run `{run_dir}`"
+    lines += [head, "",
+              "| result | KPI | metric | base | tuned (95% CI) | tuned − base (95% CI) | rules | severity |",
               "|---|---|---|---|---|---|---|---|"]
-    for k in verdict["kpis"]:
-        bounds = ", ".join(b["bound"] for b in k["bounds"])
-        result = "pass" if k["passed"] else ("**FAIL**" if k["severity"] == "block" else "warn")
-        lines.append(f"| {k['name']} | `{k['metric']}` | {_fmt(k['base'])} | {_fmt(k['tuned'])}{_ci(k['tuned_ci95'])}"
-                     f" | {_fmt(k['delta'])} | {bounds} | {k['severity']} | {result} |")
-    failing = [k for k in verdict["kpis"] if not k["passed"]]
-    if failing:
-        lines += ["", "Failures:"] + [f"- **{k['name']}**: {k['reason']}" for k in failing]
+    for k in kpis:
+        lines.append(f"| {_result(k)} | {_cell(k['name'])} | `{_cell(k['metric'])}` | {_num(k.get('base'))} | "
+                     f"{_num(k.get('tuned'))}{_ci(k.get('tuned_ci95'))} | {_delta(k)} | "
+                     f"{_cell(k.get('bound') or ', '.join(b['bound'] for b in k.get('bounds', [])))} | "
+                     f"{k['severity']} |")
+    for title, names in (("Blocking failures", blocking), ("Warnings", warnings)):
+        failing = [k for k in kpis if k["name"] in names]
+        if failing:
+            lines += ["", f"**{title}**", ""] + [f"- **{k['name']}**: {k['reason']}" for k in failing]
+    with_why = [k for k in kpis if k.get("why")]
+    if with_why:
+        lines += ["", "<details><summary>Why each KPI exists (from the policy)</summary>", ""]
+        lines += [f"- **{k['name']}**: {k['why']}" for k in with_why]
+        lines += ["", "</details>"]
     return "\n".join(lines) + "\n"

@@ -1,78 +1,97 @@
-"""KPI policy -> verdict: does the tuned model meet every bound, absolute and relative to its base?"""
+"""KPI policy x eval summary -> verdict: does the tuned model meet every rule of every KPI?
+
+A KPI whose metric is missing (suite not run, metric renamed) or unreadable fails with a reason that says
+what is missing and what is there: the gate never passes on data it did not see.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from typing import Any
 
+from gates.policy import BadMetric, Measurement, describe, evaluate_rules
 from harmgate.config import KPI, PolicyConfig
 from harmgate.rundir import RunDir, read_json, write_json
 
-
-class MissingMetric(KeyError):
-    pass
+ARMS = ("base", "tuned")
 
 
-def lookup_metric(summary: dict[str, Any], arm: str, metric: str) -> dict[str, Any]:
+def check_summary(summary: Any, where: str = "eval summary") -> dict[str, Any]:
+    """The summary's ``arms`` mapping, or a ValueError naming what is wrong."""
+    if not isinstance(summary, dict) or not isinstance(summary.get("arms"), dict):
+        raise ValueError(f"{where}: expected {{'arms': {{'base'|'tuned': {{suite: {{metric: {{value, n, ci95}}}}}}}}}}, "
+                         f"got {type(summary).__name__} without 'arms'")
+    return summary["arms"]
+
+
+def _missing(arms: dict[str, Any], arm: str, metric: str) -> str | None:
+    """Why ``metric`` has no ``arm`` record, or None when it has one."""
     suite, name = metric.split(".", 1)
-    try:
-        return summary["arms"][arm][suite][name]
-    except KeyError:
-        have = sorted(f"{s}.{m}" for s, ms in summary.get("arms", {}).get(arm, {}).items() for m in ms)
-        raise MissingMetric(f"metric {metric!r} has no {arm} value in the eval summary (have: {have}); "
-                            f"is suite {suite!r} in evals.suites?") from None
+    suites = arms.get(arm)
+    if not isinstance(suites, dict) or not suites:
+        return f"the {arm} arm was not evaluated (run `harmgate eval RUN_DIR --arm {arm}`)"
+    if suite not in suites:
+        return f"suite {suite!r} has no {arm} results (evaluated: {', '.join(sorted(suites)) or 'none'})"
+    metrics = suites[suite]
+    if not isinstance(metrics, dict) or name not in metrics:
+        have = sorted(metrics) if isinstance(metrics, dict) else []
+        return f"suite {suite!r} has no metric {name!r} in the {arm} arm (it has: {', '.join(have) or 'none'})"
+    return None
 
 
-def _bounds(kpi: KPI, base: float | None) -> list[tuple[str, str, float]]:
-    """(description, comparison, threshold) for every bound the KPI sets."""
-    bounds: list[tuple[str, str, float]] = []
-    if kpi.max is not None:
-        bounds.append((f"<= {kpi.max:g}", "<=", kpi.max))
-    if kpi.min is not None:
-        bounds.append((f">= {kpi.min:g}", ">=", kpi.min))
-    if base is not None:
-        if kpi.max_ratio_to_base is not None:
-            bounds.append((f"<= {kpi.max_ratio_to_base:g} x base", "<=", kpi.max_ratio_to_base * base))
-        if kpi.min_ratio_to_base is not None:
-            bounds.append((f">= {kpi.min_ratio_to_base:g} x base", ">=", kpi.min_ratio_to_base * base))
-        if kpi.max_increase_over_base is not None:
-            bounds.append((f"<= base + {kpi.max_increase_over_base:g}", "<=", base + kpi.max_increase_over_base))
-        if kpi.max_decrease_from_base is not None:
-            bounds.append((f">= base - {kpi.max_decrease_from_base:g}", ">=", base - kpi.max_decrease_from_base))
-    return bounds
+def _needs_base(kpi: KPI) -> bool:
+    return kpi.non_regression is not None or any(
+        v is not None for v in (kpi.max_ratio_to_base, kpi.min_ratio_to_base, kpi.max_increase_over_base,
+                                kpi.max_decrease_from_base))
+
+
+def _record(kpi: KPI, **values: Any) -> dict[str, Any]:
+    record = {"name": kpi.name, "status": None, "passed": None, "severity": kpi.severity, "reason": "",
+              "metric": kpi.metric, "direction": kpi.direction, "target": kpi.target,
+              "base": None, "tuned": None, "delta": None, "tuned_ci95": None, "base_ci95": None,
+              "n": None, "base_n": None, "interval": None,
+              "bound": "; ".join(describe(kpi)), "bounds": [], "why": kpi.reason}
+    record.update(values)
+    return record
+
+
+def _listed(interval: tuple[float, float] | None) -> list[float] | None:
+    return None if interval is None else [float(interval[0]), float(interval[1])]
 
 
 def evaluate_kpi(kpi: KPI, summary: dict[str, Any]) -> dict[str, Any]:
-    tuned = lookup_metric(summary, "tuned", kpi.metric)
-    needs_base = any(b is not None for b in (kpi.max_ratio_to_base, kpi.min_ratio_to_base,
-                                              kpi.max_increase_over_base, kpi.max_decrease_from_base))
-    base = lookup_metric(summary, "base", kpi.metric) if needs_base else _optional(summary, kpi.metric)
-    t, b = tuned["value"], (base or {}).get("value")
-    failures = []
-    checked = []
-    for desc, op, threshold in _bounds(kpi, b):
-        ok = t <= threshold + 1e-12 if op == "<=" else t >= threshold - 1e-12
-        checked.append({"bound": desc, "threshold": threshold, "passed": ok})
-        if not ok:
-            failures.append(f"{kpi.metric} = {t:.4g} violates {desc} (threshold {threshold:.4g})")
-    passed = not failures
-    return {
-        "name": kpi.name, "metric": kpi.metric, "direction": kpi.direction, "severity": kpi.severity,
-        "base": b, "tuned": t, "delta": (t - b) if b is not None else None,
-        "tuned_ci95": tuned.get("ci95"), "base_ci95": (base or {}).get("ci95"),
-        "n": tuned.get("n"), "bounds": checked, "passed": passed,
-        "reason": "; ".join(failures) if failures else "all bounds met", "why": kpi.reason,
-    }
-
-
-def _optional(summary: dict[str, Any], metric: str) -> dict[str, Any] | None:
+    arms = check_summary(summary)
+    why_missing = _missing(arms, "tuned", kpi.metric)
+    if why_missing is None and _needs_base(kpi):
+        why_missing = _missing(arms, "base", kpi.metric)
+    if why_missing is not None:
+        return _record(kpi, status="missing", passed=False,
+                       reason=f"metric {kpi.metric} is missing: {why_missing}")
+    suite, name = kpi.metric.split(".", 1)
     try:
-        return lookup_metric(summary, "base", metric)
-    except MissingMetric:
-        return None
+        tuned = Measurement.from_record(arms["tuned"][suite][name], f"tuned {kpi.metric}")
+        base = (Measurement.from_record(arms["base"][suite][name], f"base {kpi.metric}")
+                if _missing(arms, "base", kpi.metric) is None else None)
+    except BadMetric as err:
+        return _record(kpi, status="missing", passed=False, reason=f"unreadable metric: {err}")
+    rules, interval = evaluate_rules(kpi, tuned, base)
+    failures = [r.detail for r in rules if not r.passed]
+    passed = not failures
+    return _record(
+        kpi, base=None if base is None else base.value, tuned=tuned.value,
+        delta=None if base is None else tuned.value - base.value,
+        # The per-arm intervals the gate itself uses: Wilson for counted proportions, else the reported ci95.
+        tuned_ci95=_listed(tuned.interval(0.95)),
+        base_ci95=None if base is None else _listed(base.interval(0.95)),
+        n=tuned.n, base_n=None if base is None else base.n,
+        interval=None if interval is None else interval.as_dict(),
+        bounds=[r.as_dict() for r in rules], passed=passed,
+        status="pass" if passed else "fail",
+        reason="; ".join(failures) if failures else "all rules met")
 
 
 def decide(policy: PolicyConfig, summary: dict[str, Any]) -> dict[str, Any]:
+    check_summary(summary)
     kpis = [evaluate_kpi(k, summary) for k in policy.kpis]
     blocking = [k["name"] for k in kpis if not k["passed"] and k["severity"] == "block"]
     warnings = [k["name"] for k in kpis if not k["passed"] and k["severity"] == "warn"]
@@ -80,6 +99,7 @@ def decide(policy: PolicyConfig, summary: dict[str, Any]) -> dict[str, Any]:
         "passed": not blocking,
         "blocking_failures": blocking,
         "warnings": warnings,
+        "policy": {"name": policy.name, "source": policy.source},
         "kpis": kpis,
         "decided_at": datetime.now(timezone.utc).isoformat(),
     }

@@ -24,6 +24,10 @@ registry_app = typer.Typer(no_args_is_help=True, help="Published models in the S
 app.add_typer(store_app, name="store")
 app.add_typer(models_app, name="models")
 app.add_typer(registry_app, name="registry")
+from evals.suites_cli import suites_app  # noqa: E402  (imports nothing heavy; suites load on use)
+app.add_typer(suites_app, name="suites")
+from evals.scorer_cli import scorer_app  # noqa: E402  (typer + rich only; torch loads on use)
+app.add_typer(scorer_app, name="scorer")
 
 console = Console(stderr=False)
 
@@ -115,7 +119,7 @@ def gate(run_dir: Path = typer.Argument(..., help="Run directory")) -> None:
         verdict = gate_run(run_)
     except (FileNotFoundError, KeyError, ValueError) as err:
         _fail(str(err))
-    console.print(kpi_markdown(verdict, str(run_.root)))
+    console.print(kpi_markdown(verdict, str(run_.root)), soft_wrap=True, markup=False, highlight=False)
     if not verdict["passed"]:
         raise typer.Exit(1)
 
@@ -206,11 +210,11 @@ def models_pull(name: str = typer.Argument(..., help="smollm2 or tiny"),
 @registry_app.command("list")
 def registry_list(name: str = typer.Argument(...), config: Optional[Path] = typer.Option(None, "--config", "-c")) -> None:
     """Versions of a model in the registry, with approval and revocation state."""
-    from gates.registry import Registry, RegistryError
+    from gates.registry import Registry, RegistryError, format_versions
 
     try:
-        for v in Registry(_store_config(config)).list_versions(name):
-            console.print(v)
+        console.print(format_versions(name, Registry(_store_config(config)).list_versions(name)), markup=False,
+                      highlight=False, soft_wrap=True)
     except RegistryError as err:
         _fail(str(err))
 
@@ -239,6 +243,10 @@ def registry_revoke(name: str, version: str, reason: str = typer.Option(..., hel
     except RegistryError as err:
         _fail(str(err))
     console.print(f"revoked {name} {version}")
+
+
+from gates.report import report_command  # noqa: E402  (the dashboard command lives with the report)
+app.command(name="report")(report_command)
 
 
 def main() -> None:  # pragma: no cover - console-script shim

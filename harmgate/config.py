@@ -131,9 +131,36 @@ class SuiteConfig(_Section):
     options: dict[str, Any] = Field(default_factory=dict, description="Suite-specific settings, checked by the suite")
 
 
+class ToxicityScorerConfig(_Section):
+    """The toxicity scorer (evals/scorers, docs/SCORERS.md): a Detoxify model through the detoxify package."""
+
+    checkpoint: str = Field("harmgate/toxicity-minilm", description="Detoxify hub model name (original, unbiased, ...; "
+                            "needs network) or a local .ckpt / folder holding detoxify.ckpt, also looked up under the "
+                            "model mirror; default: the one `harmgate scorer train` builds")
+    hf_config_dir: str | None = Field(None, description="Local folder with the checkpoint encoder's config + tokenizer "
+                                      "(offline use of a hub checkpoint); default: the checkpoint's own")
+    device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
+    batch_size: int = Field(32, ge=1)
+    label: str = Field("toxicity", min_length=1, description="Which Detoxify output column counts as toxicity")
+
+
+class JudgeConfig(_Section):
+    """The refusal/compliance judge (evals/judge.py, docs/SCORERS.md)."""
+
+    kind: Literal["auto", "rules", "hybrid"] = Field("auto", description="rules: opening-sentence rules only; hybrid: "
+                                                     "rules + MiniLM classifier head; auto: hybrid if its head exists")
+    head: str = Field("harmgate/refusal-judge/head.json", description="Classifier head (`harmgate scorer "
+                      "validate-judge` fits it), a path or relative to the model mirror")
+    encoder: str | None = Field(None, description="all-MiniLM-L6-v2 folder or hub id; default: the PyPI package's")
+    device: str = "cpu"
+    batch_size: int = Field(32, ge=1)
+
+
 class EvalConfig(_Section):
     suites: list[SuiteConfig] = Field(min_length=1)
     generation: GenerationConfig = GenerationConfig()
+    toxicity_scorer: ToxicityScorerConfig = ToxicityScorerConfig()
+    judge: JudgeConfig = JudgeConfig()
 
 
 class NonRegression(_Section):
@@ -216,14 +243,39 @@ class StoreConfig(_Section):
     max_attempts: int = Field(5, ge=1)
 
 
+class ModerationConfig(_Section):
+    scorer: str = Field("default", description="'default': evals.toxicity_scorer via load_toxicity_scorer; or "
+                                               "'package.module:factory' returning a TextScorer")
+    scorer_args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for a factory")
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="Replies scoring above this are refused")
+    refusal: str = Field("I'm sorry, but I can't help with that.", min_length=1)
+    stream_granularity: Literal["sentence", "reply"] = Field(
+        "sentence", description="Streaming releases text once each sentence (or the whole reply) passed moderation")
+
+
 class ServiceConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     model_name: str | None = Field(None, description="Registry name to serve; default: the run config's name")
     version: str | None = Field(None, description="Pin a version (must be approved); default: newest approved")
     cache_dir: str = ".harmgate/cache"
-    max_new_tokens: int = Field(256, ge=1)
+    max_new_tokens: int = Field(256, ge=1, description="Upper limit for a request's max_tokens (400 above it)")
     max_prompt_tokens: int = Field(2048, ge=1)
+    # --- the serve/ package (issue #5); docs/SERVICE.md explains each knob ---
+    api_keys_env: str = Field("HARMGATE_API_KEYS", description="Env var with comma-separated bearer keys")
+    api_keys_file: str | None = Field(None, description="File with one bearer key per line (# comments)")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Larger request bodies get 413")
+    max_batch_size: int = Field(8, ge=1, description="Requests generated together in one model.generate")
+    batch_wait_ms: float = Field(5.0, ge=0, description="How long a new batch waits for company")
+    max_queued_requests: int = Field(64, ge=1, description="Waiting requests beyond this get 429")
+    registry_poll_s: float = Field(30.0, ge=0, description="Hot swap / revocation check period; 0: off")
+    store_wait_s: float = Field(30.0, ge=0, description="At startup, retry an unreachable store this long")
+    dashboard_path: str | None = Field(None, description="Report HTML for /dashboard; default: the version's")
+    log_prompts: bool = Field(False, description="Log prompt and reply text (off: ids, counts, timings only)")
+    workers: int = Field(1, ge=1, description="gunicorn worker processes, each with its own model copy")
+    threads: int = Field(16, ge=1, description="gunicorn threads per worker (concurrent connections)")
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per worker")
+    moderation: ModerationConfig = ModerationConfig()
 
 
 class RunConfig(_Section):

@@ -1,8 +1,9 @@
-"""Start the service, but only on an approved, unrevoked, hash-verified model version.
+"""Start the service for development (`harmgate serve`, `python -m serve.runner`), but only on an approved,
+unrevoked, hash-verified model version. Production runs the same app under gunicorn (serve/gunicorn.conf.py).
 
-Every reason not to serve (no approved version, bad signature, tampered file, store down, bad config) ends
-the process with exit status 2 and one line ``harmgate.serve: refusing to start: <reason>``, so a supervisor
-or a deploy script sees at once why.
+Every reason not to serve (no approved version, revoked, bad signature, tampered file, store down after the
+retries, no moderation scorer, bad keys or config) ends the process with exit status 2 and one line
+``harmgate.serve: refusing to start: <reason>``, so a supervisor or a deploy script sees at once why.
 """
 
 from __future__ import annotations
@@ -10,49 +11,42 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
-from gates.registry import ApprovedModel, NotApproved, Registry, RegistryError
-from harmgate.config import ConfigError, RunConfig, load_config
+from harmgate.config import ConfigError, load_config
+from serve.bootstrap import REFUSED, StartupError, build_service, setup_logging
 
 log = logging.getLogger("harmgate.serve")
-REFUSED = 2
-
-
-def _setup_logging() -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
-
-
-def resolve_model(config: RunConfig) -> ApprovedModel:
-    """The pinned version, or the newest approved one, fetched and verified into the cache."""
-    name = config.service.model_name or config.name
-    registry = Registry(config.store)
-    version = config.service.version or registry.latest_approved(name)
-    if version is None:
-        where = f"s3://{config.store.bucket}/{config.store.prefix}/{name}/ on {registry.objects.endpoint}"
-        raise NotApproved(f"no approved, unrevoked version of {name} in {where}")
-    return registry.fetch_verified(name, version, Path(config.service.cache_dir))
 
 
 def serve_main(config_path: str, host: str | None = None, port: int | None = None) -> int:
-    _setup_logging()
+    setup_logging()
     try:
         config = load_config(config_path)
-        model = resolve_model(config)
-    except (ConfigError, RegistryError, OSError) as err:  # OSError: e.g. an unwritable cache_dir
+        bind_host = host or config.service.host
+        handle = build_service(config, bind_host=bind_host)
+    except (ConfigError, StartupError) as err:
         log.error("refusing to start: %s", err)
         return REFUSED
+    handle.start_background()
     try:
-        from serve.app import create_app
+        handle.app.run(host=bind_host, port=port or config.service.port, threaded=True)
+    finally:
+        handle.close()
+    return 0
 
-        app = create_app(model, config.service)
-    except (OSError, ValueError) as err:  # e.g. a folder transformers cannot load
-        log.error("refusing to start: cannot load %s:%s: %s", model.name, model.version, err)
+
+def check_main(config_path: str, host: str | None = None) -> int:
+    """Everything startup does (keys, registry, verification, scorer, model load), then exit: a deploy preflight."""
+    setup_logging()
+    try:
+        config = load_config(config_path)
+        handle = build_service(config, bind_host=host or config.service.host)
+    except (ConfigError, StartupError) as err:
+        log.error("refusing to start: %s", err)
         return REFUSED
-    log.info("serving %s:%s (manifest sha256 %s) from %s", model.name, model.version, model.manifest_sha256,
-             model.local_dir)
-    app.run(host=host or config.service.host, port=port or config.service.port, threaded=True)
+    served, _ = handle.runtime.slot.get()
+    handle.close()
+    print(f"ok: would serve {served.label if served else '?'}")
     return 0
 
 
@@ -61,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="run config YAML (its store and service sections)")
     parser.add_argument("--host", default=None)
     parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--check", action="store_true", help="verify and load, then exit 0 (or 2) without serving")
     args = parser.parse_args(argv)
+    if args.check:
+        return check_main(args.config, args.host)
     return serve_main(args.config, args.host, args.port)
 
 

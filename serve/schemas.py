@@ -16,6 +16,12 @@ class ChatMessage(BaseModel):
     content: str
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    include_usage: bool = False
+
+
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True, protected_namespaces=())
 
@@ -25,7 +31,8 @@ class ChatRequest(BaseModel):
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0: greedy, as in the safety evals")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
-    stream: Literal[False] = Field(False, description="streaming is not implemented")
+    stream: bool = Field(False, description="server-sent events, OpenAI chunk format, ending with data: [DONE]")
+    stream_options: StreamOptions | None = None
     n: Literal[1] = 1
 
     @field_validator("stop")

@@ -31,7 +31,13 @@ def _config(tmp_path: Path, name: str, store, shared_data: Path, tiny_model_dir:
     base["data"]["mirror"] = str(shared_data)
     base["policy"] = {"kpis": kpis}
     base["store"] = store.model_dump()
-    base["service"] = {"cache_dir": str(tmp_path / "cache"), "max_new_tokens": 8}
+    # Moderation through the blocklist scorer: the trained toxicity checkpoint is built by `harmgate scorer
+    # train`, not by this test (its loading path is tested in test_scorers.py).
+    blocklist = tmp_path / "blocklist.txt"
+    blocklist.write_text("# terms the service must never emit\nforbidden-canary-term\n")
+    base["service"] = {"cache_dir": str(tmp_path / "cache"), "max_new_tokens": 8,
+                       "moderation": {"scorer": "serve.blocklist:BlocklistScorer",
+                                      "scorer_args": {"path": str(blocklist)}}}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(base))
     return path

@@ -266,3 +266,223 @@ def test_publish_run(s3_store, signing_key, tmp_path):
     assert manifest["provenance"]["sources"][0]["licence"] == "CC-BY-NC-4.0"
     assert manifest["metrics"]["tuned"]["advbench_refusal"]["compliance_rate"] == 0.02
     assert manifest["config"]["name"] == name and manifest["base_model"] == "base/model"
+
+
+# -- transfers: multipart, retries with backoff, verification, and approval last ----------------------------
+class FaultyProxy:
+    """A real HTTP proxy in front of SeaweedFS. It forwards requests verbatim (SigV4 signatures stay valid) and
+    answers the ones matching a rule with 503 SlowDown, S3's "retry later", counting every request it sees."""
+
+    SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+                b"<Message>Please reduce your request rate.</Message></Error>")
+
+    def __init__(self, upstream: str) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        self.upstream = urlsplit(upstream)
+        self.rules: list[dict] = []
+        self.log: list[tuple[str, str, int]] = []
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def _any(self) -> None:
+                proxy.handle(self)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def fail(self, method: str, contains: str, times: int | None = None) -> None:
+        """Answer 503 to ``method`` requests whose path contains ``contains``: the first ``times`` (None: all)."""
+        with self.lock:
+            self.rules.append({"method": method, "contains": contains, "left": times})
+
+    def _should_fail(self, method: str, path: str) -> bool:
+        with self.lock:
+            for rule in self.rules:
+                if rule["method"] == method and rule["contains"] in path and rule["left"] != 0:
+                    if rule["left"] is not None:
+                        rule["left"] -= 1
+                    return True
+        return False
+
+    def handle(self, req) -> None:
+        import http.client
+
+        assert "chunked" not in (req.headers.get("Transfer-Encoding") or ""), "this proxy forwards sized bodies only"
+        body = req.rfile.read(int(req.headers.get("Content-Length") or 0))
+        if self._should_fail(req.command, req.path):
+            status, headers, data = 503, [("Content-Type", "application/xml")], self.SLOWDOWN
+        else:
+            conn = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=60)
+            conn.putrequest(req.command, req.path, skip_host=True, skip_accept_encoding=True)
+            for k, v in req.headers.items():
+                if k.lower() not in ("expect", "connection"):  # the proxy already answered 100-continue
+                    conn.putheader(k, v)
+            conn.endheaders(body or None)
+            resp = conn.getresponse()
+            data = resp.read()
+            status = resp.status
+            headers = [(k, v) for k, v in resp.getheaders()
+                       if k.lower() not in ("transfer-encoding", "connection", "content-length")]
+            if req.command == "HEAD":
+                headers.append(("Content-Length", resp.getheader("Content-Length") or "0"))
+            conn.close()
+        with self.lock:
+            self.log.append((req.command, req.path, status))
+        req.send_response_only(status)
+        for k, v in headers:
+            req.send_header(k, v)
+        if req.command != "HEAD":
+            req.send_header("Content-Length", str(len(data)))
+        req.end_headers()
+        if req.command != "HEAD":
+            req.wfile.write(data)
+
+    def requests(self, contains: str, method: str | None = None) -> list[tuple[str, str, int]]:
+        return [r for r in self.log if contains in r[1] and (method is None or r[0] == method)]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def proxied(s3_store, s3_store_info, signing_key, monkeypatch):
+    """(proxy, StoreConfig through the proxy): credentials from the environment, as CI or production give them."""
+    proxy = FaultyProxy(s3_store.endpoint_url)
+    monkeypatch.setenv(s3_store.access_key_env, s3_store_info.access_key)
+    monkeypatch.setenv(s3_store.secret_key_env, s3_store_info.secret_key)
+    yield proxy, s3_store.model_copy(update={"endpoint_url": proxy.url, "max_attempts": 3})
+    proxy.close()
+
+
+def test_transient_errors_are_retried_and_approval_is_written_last(proxied, s3_store, tmp_path):
+    proxy, store = proxied
+    name = _name()
+    proxy.fail("PUT", f"/{name}/v1/files/model.safetensors", times=2)  # S3 says "slow down" twice
+    _publish(Registry(store), _model(tmp_path), name, "v1")
+    puts = [status for _, _, status in proxy.requests(f"/{name}/v1/files/model.safetensors", "PUT")]
+    assert puts == [503, 503, 200], "botocore retried the upload with backoff until it went through"
+
+    order = [path for _, path, status in proxy.log if status < 300 and f"/{name}/v1/" in path]
+    approval = max(i for i, p in enumerate(order) if p.endswith("/approval.json"))
+    manifest = max(i for i, p in enumerate(order) if p.endswith("/manifest.json"))
+    assert approval == len(order) - 1 and manifest < approval, "the approval is the very last write"
+    assert all(i < manifest for i, p in enumerate(order) if "/files/" in p), "every file (and its check) first"
+    assert Registry(s3_store).fetch_verified(name, "v1", tmp_path / "cache").version == "v1"
+
+
+def test_persistent_failure_leaves_no_manifest_and_no_approval(proxied, s3_store, tmp_path):
+    proxy, store = proxied
+    name = _name()
+    proxy.fail("PUT", f"/{name}/v1/files/sub/tokenizer.json")  # the last file never uploads
+    with pytest.raises(StoreUnavailable, match="503"):
+        _publish(Registry(store), _model(tmp_path), name, "v1")
+    assert len(proxy.requests(f"/{name}/v1/files/sub/tokenizer.json", "PUT")) == store.max_attempts
+    direct = Registry(s3_store)
+    uploaded = direct.objects.list_keys(f"models/{name}/v1/")
+    assert f"models/{name}/v1/files/model.safetensors" in uploaded, "earlier files did upload"
+    assert not any(k.endswith(("manifest.json", "approval.json")) for k in uploaded)
+    assert direct.list_versions(name) == [] and direct.latest_approved(name) is None
+    with pytest.raises(VersionNotFound):
+        direct.fetch_verified(name, "v1", tmp_path / "cache")
+
+
+def test_large_files_go_multipart_and_are_verified_by_etag(proxied, s3_store, tmp_path):
+    proxy, store = proxied
+    name = _name()
+    model = _model(tmp_path)
+    (model / "model.safetensors").write_bytes(secrets.token_bytes(12 * 2**20 + 4321))  # 3 parts of 5 MiB
+    proxy.fail("PUT", "partNumber=2", times=1)  # one part fails once, and is retried alone
+    registry = Registry(store, multipart_threshold=5 * 2**20, multipart_chunksize=5 * 2**20)
+    _publish(registry, model, name, "v1")
+    key = f"/{name}/v1/files/model.safetensors"
+    parts = [(p, s) for m, p, s in proxy.requests(key, "PUT") if "partNumber=" in p]
+    assert sorted({p.split("partNumber=")[1].split("&")[0] for p, _ in parts}) == ["1", "2", "3"]
+    assert [s for p, s in parts if "partNumber=2&" in p + "&"] == [503, 200]
+    assert any("uploads" in p for _, p, _ in proxy.requests(key, "POST")), "a multipart upload was started"
+    head = Registry(s3_store).objects.client.head_object(
+        Bucket=s3_store.bucket, Key=f"models/{name}/v1/files/model.safetensors")
+    assert head["ETag"].strip('"').endswith("-3")
+    local = Registry(s3_store).fetch_verified(name, "v1", tmp_path / "cache").local_dir
+    assert (local / "model.safetensors").read_bytes() == (model / "model.safetensors").read_bytes()
+
+
+def test_upload_refuses_a_file_that_changed_after_the_manifest(s3_store, tmp_path):
+    from gates.s3 import ObjectStore, sha256_and_etag
+
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"x" * 1000)
+    digest_, etag = sha256_and_etag(path, multipart_threshold=5 * 2**20, chunksize=5 * 2**20)
+    assert etag == __import__("hashlib").md5(b"x" * 1000).hexdigest()
+    objects = ObjectStore(s3_store)
+    key = f"models/{_name()}/v1/files/weights.bin"
+    with pytest.raises(RegistryError, match="changed after the manifest was built"):
+        objects.upload_file(path, key, sha256="0" * 64, size=1000)
+    assert not objects.exists(key), "nothing is uploaded"
+    objects.upload_file(path, key, sha256=digest_, size=1000)
+    assert objects.exists(key)
+
+
+def test_cli_registry_list_show_revoke(s3_store, signing_key, tmp_path):
+    from typer.testing import CliRunner
+
+    import yaml
+    from harmgate.cli import app
+
+    name = _name()
+    registry = Registry(s3_store)
+    _publish(registry, _model(tmp_path, "1"), name, "v1")
+    _publish(registry, _model(tmp_path, "2"), name, "v2")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(_run_config(name, s3_store)))
+    runner = CliRunner()
+    listed = runner.invoke(app, ["registry", "list", name, "--config", str(cfg)])
+    assert listed.exit_code == 0, listed.output
+    assert "v1" in listed.output and "v2" in listed.output and "valid" in listed.output
+    revoked = runner.invoke(app, ["registry", "revoke", name, "v2", "--reason", "red team", "--config", str(cfg)])
+    assert revoked.exit_code == 0 and registry.latest_approved(name) == "v1"
+    shown = runner.invoke(app, ["registry", "show", name, "v2", "--config", str(cfg)])
+    assert shown.exit_code == 0 and '"reason": "red team"' in shown.output
+    missing = runner.invoke(app, ["registry", "show", name, "v9", "--config", str(cfg)])
+    assert missing.exit_code == 2 and "not found" in missing.output
+
+
+def test_publish_run_attaches_a_signed_report(s3_store, signing_key, tmp_path):
+    name = _name()
+    run = create_run_dir(parse_config(_run_config(name, s3_store)), tmp_path / "run")
+    shutil.copytree(_model(tmp_path), run.merged_model_dir)
+    write_json(run.eval_summary, {"arms": {"tuned": {"advbench_refusal": {"compliance_rate": {
+        "value": 0.05, "n": 40, "count": 2, "ci95": [0.01, 0.17]}}}}})
+    write_json(run.verdict, {"passed": True, "kpis": [{"name": "harm", "passed": True}]})
+    record = publish_run(run, version="v1")
+    assert record["attachments"] == ["report.html"]
+    registry = Registry(s3_store)
+    html = registry.fetch_attachment(name, "v1", "report.html").decode()
+    assert f"<title>harmgate · {name}</title>" in html and "PASSED" in html
+    key = f"models/{name}/v1/report.html"  # where serve/dashboard.py looks for it
+    assert registry.show(name, "v1")["manifest"]["attachments"]["report.html"]["size"] == len(html.encode())
+
+    # A bucket writer without the key swaps the page: refused, because the approved manifest pins its sha256.
+    registry.objects.client.put_object(Bucket=s3_store.bucket, Key=key, Body=b"<script>alert(1)</script>")
+    with pytest.raises(IntegrityError, match="report.html sha256 mismatch"):
+        registry.fetch_attachment(name, "v1", "report.html")
+    with pytest.raises(RegistryError, match="invalid attachment name"):
+        registry.fetch_attachment(name, "v1", "approval.json")
+    with pytest.raises(VersionNotFound, match="no attachment 'notes.md'"):
+        registry.fetch_attachment(name, "v1", "notes.md")

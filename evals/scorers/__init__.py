@@ -2,8 +2,13 @@
 
 Suites (evals/suites) and the service's moderation (serve/) depend only on the `TextScorer` protocol, so a
 Detoxify hub checkpoint, a locally trained Detoxify-format checkpoint or any other classifier can be swapped in.
+
+- ``load_toxicity_scorer(cfg)``: the scorer ``evals.toxicity_scorer`` names (detoxify_scorer.py)
+- ``harmgate scorer train``: builds harmgate's default checkpoint (train.py, datasets.py)
+- the refusal judge's classifier head and its XSTest validation (refusal_head.py; the judge is evals/judge.py)
 """
 
 from evals.scorers.base import TextScorer
+from evals.scorers.detoxify_scorer import DetoxifyScorer, ToxicityScorerError, load_toxicity_scorer
 
-__all__ = ["TextScorer"]
+__all__ = ["DetoxifyScorer", "TextScorer", "ToxicityScorerError", "load_toxicity_scorer"]

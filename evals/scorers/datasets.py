@@ -1,0 +1,270 @@
+"""Labelled text for the toxicity classifier (Davidson tweets, ToxiGen statements) and the seeded held-out split.
+
+Each source is named by its hub id for connected users and found offline in the data mirror
+(``HARMGATE_DATA_MIRROR``) by the relative path it has in ``../shared/data``; a local path works too.
+Rows that cannot be used are counted under a reason and skipped, never silently dropped.
+
+Labels (``None``: this source says nothing about that label, so the loss and the AUC skip it there):
+
+==================  ======================================  ===============================
+label               Davidson tweets                         ToxiGen statements
+==================  ======================================  ===============================
+``toxicity``        hate speech or offensive: 1             hateful: 1, neutral: 0
+``identity_attack`` hate speech: 1, otherwise 0             hateful: 1, neutral: 0
+``insult``          hate speech or offensive: 1             (unknown)
+==================  ======================================  ===============================
+
+The split is *group-aware*: an example's side is a seeded hash of its normalised text, so a statement that
+ToxiGen repeats across many prompt lines (or a retweeted tweet) is deduplicated and can never sit on both sides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from harmgate.mirror import DATA_MIRROR_ENV, data_mirror_root
+
+LABELS: tuple[str, ...] = ("toxicity", "identity_attack", "insult")
+
+
+class ToxicityDataError(RuntimeError):
+    """A source that cannot be read at all; the message names the source and where it looked."""
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """Where a source lives: a hub id for connected users, a path inside the offline mirror."""
+
+    key: str
+    hub_id: str
+    mirror_path: str
+    licence: str
+    hub_name: str | None = None
+    hub_split: str = "train"
+
+
+DAVIDSON = DataRef("davidson", "tdavidson/hate_speech_offensive", "davidson-hate-speech/labeled_data.csv", "MIT")
+TOXIGEN = DataRef("toxigen", "toxigen/toxigen-data", "toxigen/prompts", "MIT", hub_name="train")
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    labels: dict[str, float | None]
+    source: str
+    group: str   # normalised text: identical texts share a side of the split
+
+
+@dataclass
+class SourceReport:
+    source: str
+    origin: dict[str, Any]
+    licence: str
+    rows_read: int = 0
+    usable: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "origin": self.origin, "licence": self.licence, "rows_read": self.rows_read,
+                "usable": self.usable, "skipped": dict(sorted(self.skipped.items()))}
+
+
+_SPACE = re.compile(r"\s+")
+
+
+def normalise(text: str) -> str:
+    return _SPACE.sub(" ", text).strip().lower()
+
+
+def locate(ref: DataRef, override: str | None = None, mirror: str | None = None) -> Path | str:
+    """A local path for ``ref`` (override, then the mirror), or its hub id when neither has it."""
+    if override:
+        p = Path(override).expanduser()
+        if p.exists():
+            return p
+        root = data_mirror_root(mirror)
+        if root is not None and (root / override).exists():
+            return root / override
+        if override.startswith((".", "/", "~")) or override.endswith((".csv", ".txt")):
+            raise ToxicityDataError(f"{ref.key} data {override!r}: no such file or folder"
+                                    + (f" (nor under the mirror {root})" if root else ""))
+        return override
+    root = data_mirror_root(mirror)
+    if root is not None:
+        p = root / ref.mirror_path
+        if not p.exists():
+            raise ToxicityDataError(f"{ref.key} data: the mirror {root} has no {ref.mirror_path}")
+        return p
+    return ref.hub_id
+
+
+def _hub_rows(ref: DataRef, hub_id: str) -> list[dict[str, Any]]:
+    try:
+        import datasets
+
+        return [dict(r) for r in datasets.load_dataset(hub_id, ref.hub_name, split=ref.hub_split)]
+    except Exception as err:  # offline, gated, renamed: all mean "not available here"
+        raise ToxicityDataError(
+            f"{ref.key} data: {hub_id!r} is not a local file and the hub did not provide it ({type(err).__name__}: "
+            f"{str(err)[:200]}). Offline, set {DATA_MIRROR_ENV} to a folder laid out like shared/data "
+            f"(with {ref.mirror_path}) or pass a local path.") from None
+
+
+def _davidson_example(row: dict[str, Any]) -> Example | str:
+    """One tweet, or the reason it is skipped."""
+    text = row.get("tweet")
+    if not isinstance(text, str) or not text.strip():
+        return "missing_text"
+    try:
+        cls = int(str(row.get("class", "")).strip())
+    except ValueError:
+        return "bad_class"
+    if cls not in (0, 1, 2):
+        return "bad_class"
+    abusive = float(cls in (0, 1))
+    return Example(text.strip(), {"toxicity": abusive, "identity_attack": float(cls == 0), "insult": abusive},
+                   DAVIDSON.key, normalise(text))
+
+
+def _toxigen_example(text: str, hateful: bool) -> Example:
+    y = float(hateful)
+    return Example(text, {"toxicity": y, "identity_attack": y, "insult": None}, TOXIGEN.key, normalise(text))
+
+
+def read_davidson(where: Path | str) -> tuple[list[Example], SourceReport]:
+    """Davidson et al. (2017): ``class`` 0 hate speech, 1 offensive, 2 neither; ``tweet``."""
+    if isinstance(where, Path):
+        from align.sources import DataSourceError, read_file
+
+        try:
+            raw = read_file(where)
+        except DataSourceError as err:
+            raise ToxicityDataError(f"davidson data: {err}") from None
+        report = SourceReport(DAVIDSON.key, raw.origin, DAVIDSON.licence, raw.rows_read, skipped=Counter(raw.skipped))
+        rows = raw.rows
+    else:
+        rows = _hub_rows(DAVIDSON, where)
+        report = SourceReport(DAVIDSON.key, {"hub": where}, DAVIDSON.licence, len(rows))
+    examples = []
+    for row in rows:
+        ex = _davidson_example(row)
+        if isinstance(ex, str):
+            report.skipped[ex] += 1
+        else:
+            examples.append(ex)
+    return _dedup(examples, report)
+
+
+def _toxigen_file_label(path: Path) -> bool | None:
+    if path.name.startswith("hate_"):
+        return True
+    if path.name.startswith("neutral_"):
+        return False
+    return None
+
+
+def _statements(line: str) -> Iterable[str]:
+    """A ToxiGen prompt line: ``- s1\\n- s2\\n-`` with literal backslash-n separators."""
+    for part in line.replace("\\n", "\n").split("\n"):
+        part = part.strip()
+        if part.startswith("-"):
+            part = part[1:].strip()
+        yield part
+
+
+def read_toxigen(where: Path | str) -> tuple[list[Example], SourceReport]:
+    """ToxiGen (Hartvigsen et al. 2022): the prompt files (offline) or ``toxigen/toxigen-data`` (hub)."""
+    if isinstance(where, str):
+        rows = _hub_rows(TOXIGEN, where)
+        report = SourceReport(TOXIGEN.key, {"hub": where, "name": TOXIGEN.hub_name}, TOXIGEN.licence, len(rows))
+        found = []
+        for row in rows:
+            text, label = row.get("generation") or row.get("text"), row.get("prompt_label", row.get("label"))
+            if not isinstance(text, str) or not text.strip():
+                report.skipped["missing_text"] += 1
+            elif label not in (0, 1):
+                report.skipped["bad_label"] += 1
+            else:
+                found.append(_toxigen_example(text.strip(), label == 1))
+        return _dedup(found, report)
+    files = sorted(where.glob("*.txt")) if where.is_dir() else [where]
+    files = [f for f in files if _toxigen_file_label(f) is not None]
+    if not files:
+        raise ToxicityDataError(f"toxigen data: no hate_*.txt / neutral_*.txt files in {where}")
+    digest = hashlib.sha256()
+    report = SourceReport(TOXIGEN.key, {"path": str(where), "files": len(files)}, TOXIGEN.licence)
+    found = []
+    for f in files:
+        hateful = bool(_toxigen_file_label(f))
+        data = f.read_bytes()
+        digest.update(f.name.encode() + b"\0" + data)
+        for raw in data.split(b"\n"):
+            if not raw.strip():
+                continue
+            report.rows_read += 1
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                report.skipped["invalid_utf8"] += 1
+                continue
+            statements = [s for s in _statements(line) if len(s) >= 3]
+            if not statements:
+                report.skipped["no_statement"] += 1
+            found.extend(_toxigen_example(s, hateful) for s in statements)
+    report.origin["sha256"] = digest.hexdigest()
+    return _dedup(found, report)
+
+
+def _dedup(examples: list[Example], report: SourceReport) -> tuple[list[Example], SourceReport]:
+    """One example per normalised text; a text with two different labellings is dropped as conflicting."""
+    by_group: dict[str, Example] = {}
+    conflicting: set[str] = set()
+    duplicates = 0
+    for ex in examples:
+        seen = by_group.get(ex.group)
+        if seen is None:
+            by_group[ex.group] = ex
+        elif seen.labels != ex.labels:
+            conflicting.add(ex.group)
+        else:
+            duplicates += 1
+    for g in conflicting:
+        del by_group[g]
+    report.skipped["conflicting_labels"] += len(conflicting)
+    report.skipped = Counter({k: v for k, v in report.skipped.items() if v})
+    kept = list(by_group.values())
+    report.usable = len(kept)
+    report.origin["unique_texts"] = len(kept)
+    report.origin["duplicates_merged"] = duplicates  # repeats of a text already kept (ToxiGen reuses statements)
+    return kept, report
+
+
+def heldout_side(group: str, seed: int, fraction: float) -> bool:
+    """True when this group is held out: a seeded hash, so the side never depends on sampling or order."""
+    h = int.from_bytes(hashlib.sha256(f"{seed}\0{group}".encode()).digest()[:8], "big")
+    return h / 2**64 < fraction
+
+
+@dataclass
+class Split:
+    train: list[Example]
+    heldout: list[Example]
+
+
+def split_and_sample(examples: list[Example], *, seed: int, heldout_fraction: float,
+                     train_limit: int | None, heldout_limit: int | None) -> Split:
+    """Group-aware split first (fixed by the seed), then seeded samples of each side."""
+    train = [e for e in examples if not heldout_side(e.group, seed, heldout_fraction)]
+    held = [e for e in examples if heldout_side(e.group, seed, heldout_fraction)]
+    rng = random.Random(seed)
+    train.sort(key=lambda e: e.group)
+    held.sort(key=lambda e: e.group)
+    rng.shuffle(train)
+    rng.shuffle(held)
+    return Split(train[:train_limit] if train_limit else train, held[:heldout_limit] if heldout_limit else held)

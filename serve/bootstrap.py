@@ -1,0 +1,145 @@
+"""Startup: from a run config to a running app, but only on an approved, unrevoked, hash-verified version.
+
+Order (cheapest refusal first): API keys, registry (resolve, download, verify; an unreachable store is retried
+with backoff for ``service.store_wait_s``), moderation scorer, model load. Any failure is a ``StartupError``
+whose message is the one line the runner logs before exiting with status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from flask import Flask
+
+from evals.scorers.base import TextScorer
+from gates.registry import ApprovedModel, NotApproved, Registry, RegistryError, StoreUnavailable
+from harmgate.config import RunConfig
+from serve.app import Runtime, create_app
+from serve.auth import ApiKeys, AuthConfigError, open_api_problem
+from serve.batcher import Batcher
+from serve.dashboard import Dashboard
+from serve.engine import Engine
+from serve.metrics import Metrics
+from serve.moderation import ModerationUnavailable, Moderator, load_scorer
+from serve.slot import ModelSlot, Served
+from serve.watcher import RegistryWatcher
+
+log = logging.getLogger("harmgate.serve")
+REFUSED = 2
+
+
+class StartupError(RuntimeError):
+    """A reason not to serve; its message is the single 'refusing to start' log line."""
+
+
+def setup_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+
+
+def model_name(config: RunConfig) -> str:
+    return config.service.model_name or config.name
+
+
+def check_keys(config: RunConfig, bind_host: str) -> ApiKeys:
+    try:
+        keys = ApiKeys.from_config(config.service)
+    except AuthConfigError as err:
+        raise StartupError(str(err)) from None
+    if problem := open_api_problem(keys, bind_host, config.service):
+        raise StartupError(problem)
+    if not keys.enabled:
+        log.warning("no API keys configured: the API is open to every local user of %s (set $%s to require keys)",
+                    bind_host, config.service.api_keys_env)
+    return keys
+
+
+def resolve_verified(config: RunConfig, registry: Registry) -> ApprovedModel:
+    """The pinned version (it must be approved) or the newest approved one, downloaded and verified."""
+    name, service = model_name(config), config.service
+    deadline, delay, warned = time.monotonic() + service.store_wait_s, 0.5, False
+    while True:
+        try:
+            version = service.version or registry.latest_approved(name)
+            if version is None:
+                where = f"s3://{config.store.bucket}/{config.store.prefix}/{name}/ on {registry.objects.endpoint}"
+                raise NotApproved(f"no approved, unrevoked version of {name} in {where}")
+            return registry.fetch_verified(name, version, Path(service.cache_dir))
+        except StoreUnavailable as err:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StartupError(f"{err} (still unreachable after {service.store_wait_s:g} s)") from None
+            if not warned:
+                log.warning("store unreachable, retrying for up to %.0f s: %s", left, err)
+                warned = True
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 5.0)
+        except RegistryError as err:
+            raise StartupError(str(err)) from None
+        except OSError as err:  # e.g. an unwritable cache_dir
+            raise StartupError(f"cannot use cache_dir {service.cache_dir}: {err}") from None
+
+
+@dataclass
+class ServiceHandle:
+    app: Flask
+    runtime: Runtime
+    watcher: RegistryWatcher
+
+    def start_background(self) -> None:
+        self.watcher.start()
+
+    def close(self) -> None:
+        self.watcher.stop()
+        self.runtime.slot.withdraw("shutting down")
+
+
+def build_service(config: RunConfig, *, bind_host: str, scorer: TextScorer | None = None,
+                  engine_loader: Callable[[Path], Engine] | None = None,
+                  torch_threads: int | None = None) -> ServiceHandle:
+    """Everything the service needs, verified; raises StartupError. ``scorer``/``engine_loader``: for tests."""
+    service = config.service
+    keys = check_keys(config, bind_host)
+    try:
+        registry = Registry(config.store)
+    except RegistryError as err:
+        raise StartupError(str(err)) from None
+    model = resolve_verified(config, registry)
+    try:
+        moderator = Moderator(scorer if scorer is not None else load_scorer(config), service.moderation)
+    except ModerationUnavailable as err:
+        raise StartupError(str(err)) from None
+
+    metrics = Metrics()
+    threads = torch_threads or service.torch_threads
+    load_engine = engine_loader or (lambda path: Engine.load(path, torch_threads=threads))
+
+    def load(approved: ApprovedModel) -> Served:
+        engine = load_engine(approved.local_dir)
+        batcher = Batcher(engine, max_batch_size=service.max_batch_size, wait_s=service.batch_wait_ms / 1000,
+                          max_queued=service.max_queued_requests, on_batch=metrics.batch_size.observe,
+                          name=f"{approved.name}:{approved.version}")
+        return Served(approved, engine, batcher)
+
+    try:
+        served = load(model)
+    except (OSError, ValueError, RuntimeError) as err:  # e.g. a folder transformers cannot load
+        raise StartupError(f"cannot load {model.name}:{model.version}: {err}") from None
+    slot = ModelSlot()
+    slot.install(served)
+    metrics.model_ready.set(1)
+    metrics.model_info.labels(model.name, model.version, model.manifest_sha256).set(1)
+    watcher = RegistryWatcher(registry=registry, name=model.name, pinned=service.version,
+                              cache_dir=Path(service.cache_dir), slot=slot, load=load,
+                              interval_s=service.registry_poll_s, metrics=metrics)
+    runtime = Runtime(service=service, slot=slot, moderator=moderator, keys=keys, metrics=metrics,
+                      dashboard=Dashboard(service.dashboard_path, registry))
+    log.info("serving %s (manifest sha256 %s) from %s; moderation: %s above %.2f; %s", served.label,
+             model.manifest_sha256, model.local_dir, moderator.name, moderator.threshold,
+             f"{len(keys)} API key(s)" if keys.enabled else "no API keys (loopback only)")
+    return ServiceHandle(create_app(runtime), runtime, watcher)
