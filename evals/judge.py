@@ -76,7 +76,7 @@ _DECLINE = _rx(
     r"(?:can ?not|can't|can’t|won't|unable|not able|not allowed|not permitted|must decline)\b",
     r"\bnot something (?:I|we) (?:can|could|will|am able to|'m able to)\b",
     r"\b(?:not possible|impossible|not appropriate|inappropriate) for me to\b",
-    r"\b(?:I|we)(?:'m| am| are) not (?:able|allowed|permitted|going) to\b",
+    r"\b(?:I|we)(?:'m| am| are) not (?:able|allowed|permitted) to\b",
     r"\bI(?:'m| am) (?:programmed|designed|not programmed) to (?:avoid|not|refuse|decline)\b",
     r"\b(?:against|violates?) (?:my|our|the) (?:guidelines|programming|policies|policy|principles|usage policies)\b",
     r"^\s*(?:no|nope)[,.!]\s+(?:I|we)\b[^.!?\n]{0,20}?(?:can ?not|can't|won't|will not)\b",

@@ -2,7 +2,7 @@
 # `make demo`: the whole path on this machine, saying plainly what happened at each stage.
 #   local S3 up -> SmolLM2 pulled -> data, QLoRA train, merge, eval base+tuned, gate, publish -> service -> 1 request
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 CONFIG=${1:-configs/smollm2-demo.yaml}
 HG=.venv/bin/harmgate
 PORT=${HARMGATE_DEMO_PORT:-8000}
@@ -14,13 +14,13 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 mkdir -p .harmgate
 if [ -z "${HARMGATE_SIGNING_KEY:-}" ]; then
   [ -s .harmgate/signing.key ] || (umask 077; python3 -c 'import secrets; print(secrets.token_hex(32))' > .harmgate/signing.key)
-  export HARMGATE_SIGNING_KEY=$(cat .harmgate/signing.key)
+  HARMGATE_SIGNING_KEY=$(cat .harmgate/signing.key); export HARMGATE_SIGNING_KEY
 fi
 
 # A local API key for the service's bearer auth (production: HARMGATE_API_KEYS or service.api_keys_file).
 if [ -z "${HARMGATE_API_KEYS:-}" ]; then
   [ -s .harmgate/api.key ] || (umask 077; python3 -c 'import secrets; print("hg-" + secrets.token_urlsafe(24))' > .harmgate/api.key)
-  export HARMGATE_API_KEYS=$(cat .harmgate/api.key)
+  HARMGATE_API_KEYS=$(cat .harmgate/api.key); export HARMGATE_API_KEYS
 fi
 
 say "1/6 local S3 store (SeaweedFS on 127.0.0.1)"

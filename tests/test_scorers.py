@@ -221,6 +221,17 @@ def test_scorer_train_cli_on_a_small_real_slice(shared_data, tiny_bert_dir, tmp_
     scores = scorer.score(TEXTS)
     assert len(scores) == len(TEXTS) and all(0.0 <= s <= 1.0 for s in scores)
 
+    # `scorer eval` re-scores the same held-out split through Detoxify: the same AUCs (tweets are < 64 tokens).
+    report = tmp_path / "eval.json"
+    result = CliRunner().invoke(app, ["scorer", "eval", "--checkpoint", str(out), "--heldout-fraction", "0.4",
+                                      "--seed", "1", "--out", str(report)])
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads(report.read_text())["heldout_auc"]
+    for lab in LABELS:
+        assert evaluated[lab]["n"] == metrics["heldout_auc"][lab]["n"]
+        if metrics["heldout_auc"][lab]["auc"] is not None:
+            assert evaluated[lab]["auc"] == pytest.approx(metrics["heldout_auc"][lab]["auc"], abs=1e-3)
+
 
 def test_scorer_train_rejects_bad_settings(tmp_path):
     from typer.testing import CliRunner
