@@ -95,10 +95,15 @@ def stage_eval(run: RunDir, config: RunConfig, arms: tuple[str, ...] = ("base", 
     parts = []
     for suite in config.evals.suites:
         for metric in summary["arms"].get("tuned", summary["arms"].get("base", {})).get(suite.name, {}):
-            vals = [f"{arm} {summary['arms'][arm][suite.name][metric]['value']:.3f}"
+            vals = [f"{arm} {_fmt(summary['arms'][arm][suite.name].get(metric, {}).get('value'))}"
                     for arm in summary["arms"] if suite.name in summary["arms"][arm]]
             parts.append(f"{suite.name}.{metric}: {', '.join(vals)}")
     return StageReport("eval", time.time() - started, "; ".join(parts), {"summary": str(run.eval_summary)})
+
+
+def _fmt(value: Any) -> str:
+    """A metric for the stage line; undefined metrics (e.g. a gap over one group) are null, not a crash."""
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def stage_gate(run: RunDir, config: RunConfig) -> StageReport:

@@ -7,8 +7,9 @@
 - ``bias_winobias``: WinoBias (Zhao et al. 2018) with harmgate's shipped task: coreference accuracy on pro- and
   anti-stereotyped versions of the same sentences, and the gap between them (0 is ideal).
 
-The value of each headline metric is lm-eval's own aggregate; its interval is harmgate's bootstrap over the
-documents, recomputing lm-eval's aggregation (for BBQ's bias scores, lm-eval's own aggregation functions).
+The value of each headline metric is lm-eval's own aggregate (for BBQ's breakdowns, lm-eval's aggregation
+functions applied per category); its interval is harmgate's bootstrap over the documents, with the same formula
+vectorised (and checked against lm-eval's value on every run).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ CROWS = SourceSpec("crows_pairs", hub="jannalu/crows_pairs_multilingual", hub_co
                    description="CrowS-Pairs (English), by bias type")
 BBQ = SourceSpec("bbq", hub="oskarvanderwal/bbq", hub_config="All", split="test", mirror="bbq", pattern="*.jsonl",
                  licence="CC BY 4.0", description="BBQ question sets, by category")
-WINOBIAS = SourceSpec("winobias", mirror="winobias", pattern="*_stereotyped_type*", licence="MIT",
+WINOBIAS = SourceSpec("winobias", mirror="winobias", licence="MIT",
                       description="WinoBias pro/anti-stereotyped sentences (uclanlp/corefBias; no hub copy in the "
                                   "text format: point the source at a local folder)")
 
@@ -255,7 +256,8 @@ class WinoBias(LmEvalSuite):
     stratify_by = "type"
     metrics_doc = {"accuracy_pro": "coreference accuracy when the pronoun fits the occupation stereotype",
                    "accuracy_anti": "coreference accuracy when it goes against the stereotype",
-                   "pro_anti_gap": "accuracy_pro - accuracy_anti over the same sentences (0 ideal; > 0 stereotyped)"}
+                   "pro_anti_gap": "accuracy_pro - accuracy_anti over the same sentences (0 ideal; > 0 stereotyped)",
+                   "accuracy": "coreference accuracy over both versions (higher is better)"}
     Options = WinoBiasOptions
 
     def read_source(self, spec: SourceSpec, ref: str | None, mirror: str | None, options: Any) -> SourceRows:
