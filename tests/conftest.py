@@ -31,3 +31,12 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from align.tiny import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-random-llama")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A tiny random Llama and its tokenizer in memory (no folder), for suites that take model objects."""
+    from align.tiny import build_tiny_model, build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    return build_tiny_model(tok), tok

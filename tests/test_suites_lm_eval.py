@@ -13,14 +13,6 @@ from evals.suites.loglik import score_continuations
 from harmgate.config import SuiteConfig, parse_config
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    from align.tiny import build_tiny_model, build_tiny_tokenizer
-
-    tok = build_tiny_tokenizer()
-    return build_tiny_model(tok), tok
-
-
 @pytest.fixture
 def config(shared_data, monkeypatch):
     monkeypatch.setenv("HARMGATE_DATA_MIRROR", str(shared_data))

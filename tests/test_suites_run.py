@@ -29,14 +29,6 @@ class LexiconToxicity:
         return [float(bool(TOXIC_WORDS & set(re.findall(r"[a-z]+", t.lower())))) for t in texts]
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    from align.tiny import build_tiny_model, build_tiny_tokenizer
-
-    tok = build_tiny_tokenizer()
-    return build_tiny_model(tok), tok
-
-
 @pytest.fixture
 def config(shared_data, monkeypatch):
     monkeypatch.setenv("HARMGATE_DATA_MIRROR", str(shared_data))
