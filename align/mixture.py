@@ -32,7 +32,8 @@ from typing import Any, Iterable
 
 from align.instructions import instruction_to_messages
 from align.sources import SourceRows, read_source
-from align.transcripts import RowError, TranscriptError, parse_transcript, split_prompt_completion
+from align.transcripts import (RowError, TranscriptError, parse_transcript, split_preference_pair,
+                               split_prompt_completion)
 from harmgate.config import DataConfig, DataSource
 from harmgate.rundir import RunDir, write_json, write_text_atomic
 
@@ -79,17 +80,10 @@ def row_to_example(row: dict[str, Any], source: DataSource) -> dict[str, Any]:
 
 def _pair_example(row: dict[str, Any], source: DataSource) -> dict[str, Any]:
     """HH chosen + rejected sharing one dialogue prefix -> a preference pair (DPO)."""
-    sides = {}
-    for side in ("chosen", "rejected"):
-        if side not in row:
-            raise TranscriptError("missing_field", f"row has no {side!r} transcript")
-        sides[side] = split_prompt_completion(parse_transcript(row[side]))
-    (prompt, chosen), (prompt_r, rejected) = sides["chosen"], sides["rejected"]
-    if prompt != prompt_r:
-        raise TranscriptError("pair_prompt_mismatch", "chosen and rejected transcripts differ before the last reply")
-    if normalise(chosen[0]["content"]) == normalise(rejected[0]["content"]):
+    prompt, chosen, rejected = split_preference_pair(row)
+    if normalise(chosen["content"]) == normalise(rejected["content"]):
         raise TranscriptError("pair_identical", "chosen and rejected replies are the same")
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "source": source.id}
+    return {"prompt": prompt, "chosen": [chosen], "rejected": [rejected], "source": source.id}
 
 
 def first_user_turn(example: dict[str, Any]) -> str:

@@ -87,3 +87,22 @@ def split_prompt_completion(messages: list[Message]) -> tuple[list[Message], lis
     if not any(m["role"] == "user" for m in messages[:-1]):
         raise TranscriptError("no_human_turn", "no user message before the final assistant reply")
     return list(messages[:-1]), [messages[-1]]
+
+
+def split_preference_pair(row: Any) -> tuple[list[Message], Message, Message]:
+    """An HH row's chosen and rejected transcripts -> (shared dialogue prefix, chosen reply, rejected reply).
+
+    Both the DPO mixture and the hh_preference suite read pairs this way; each decides for itself which
+    near-identical replies carry no preference signal.
+    """
+    if not isinstance(row, dict):
+        raise TranscriptError("not_an_object", "a preference row must be an object")
+    sides = {}
+    for side in ("chosen", "rejected"):
+        if side not in row:
+            raise TranscriptError("missing_field", f"row has no {side!r} transcript")
+        sides[side] = split_prompt_completion(parse_transcript(row[side]))
+    (prompt, chosen), (prompt_r, rejected) = sides["chosen"], sides["rejected"]
+    if prompt != prompt_r:
+        raise TranscriptError("pair_prompt_mismatch", "chosen and rejected transcripts differ before the last reply")
+    return prompt, chosen[0], rejected[0]

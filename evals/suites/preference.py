@@ -45,21 +45,20 @@ class HHPreference(Suite):
     Options = PreferenceOptions
 
     def items_from_rows(self, src: SourceRows, options: Any) -> list[EvalItem]:
-        from align.transcripts import RowError, parse_transcript, split_prompt_completion
+        from align.transcripts import RowError, split_preference_pair
 
         items = []
         for i, r in enumerate(src.rows):
             try:
-                prompt, chosen = split_prompt_completion(parse_transcript(r["chosen"]))
-                prompt_r, rejected = split_prompt_completion(parse_transcript(r["rejected"]))
+                prompt, chosen, rejected = split_preference_pair(r)
             except RowError:
                 continue  # counted: the source's rows minus its items
-            if prompt != prompt_r or chosen[0]["content"].strip() == rejected[0]["content"].strip():
+            if chosen["content"].strip() == rejected["content"].strip():
                 continue
             users = [m["content"] for m in prompt if m["role"] == "user"]
             items.append(EvalItem(f"hh-{i}", users[-1], {
                 "source": src.spec.key, "first_user_turn": users[0], "turns": len(users), "context": prompt,
-                "chosen": chosen[0]["content"], "rejected": rejected[0]["content"]}))
+                "chosen": chosen["content"], "rejected": rejected["content"]}))
         return items
 
     def run(self, model, tokenizer, cfg: SuiteConfig, ctx: SuiteContext) -> SuiteResult:
