@@ -78,9 +78,10 @@ def run(config: Path = typer.Argument(..., help="Run config YAML"),
 
 
 @app.command()
-def data(target: Path = typer.Argument(..., help="Run config YAML (new run) or run directory")) -> None:
+def data(target: Path = typer.Argument(..., help="Run config YAML (new run) or run directory"),
+         run_dir: Optional[Path] = typer.Option(None, help="Run directory for a new run")) -> None:
     """Build the training mixture (data/train.jsonl + data/data_manifest.json)."""
-    run_, cfg = _run_and_config(target, None)
+    run_, cfg = _run_and_config(target, run_dir)
     _stages(run_, cfg, ("data",))
 
 
@@ -95,14 +96,15 @@ def train(target: Path = typer.Argument(..., help="Run config YAML (new run) or 
 
 @app.command(name="eval")
 def eval_(run_dir: Path = typer.Argument(..., help="Run directory"),
-          arm: list[str] = typer.Option(["base", "tuned"], help="Which model(s) to evaluate")) -> None:
-    """Run every configured suite on the base and tuned models."""
+          arm: Optional[list[str]] = typer.Option(None, help="Which arm(s) to evaluate: base, tuned, prompted "
+                                                  "(default: base and tuned, plus prompted when enabled)")) -> None:
+    """Run every configured suite on the base and tuned models (and the prompted base, when enabled)."""
     from harmgate.pipeline import preflight, stage_eval
 
     run_, cfg = _run_and_config(run_dir, None)
     try:
         preflight(cfg)
-        report = stage_eval(run_, cfg, tuple(arm))
+        report = stage_eval(run_, cfg, tuple(arm) if arm else None)
     except Exception as err:  # noqa: BLE001
         _fail(f"{type(err).__name__}: {err}")
     console.print(f"[bold green]eval[/]: {report.summary}")

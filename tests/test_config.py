@@ -95,3 +95,35 @@ def test_preflight_catches_kpi_on_unconfigured_suite_and_unknown_suite():
         preflight(cfg)
     assert "did you mean 'advbench_refusal'" in str(err.value)
     assert "reads suite 'advbench_refusal', which is not in evals.suites" in str(err.value)
+
+
+def test_include_merges_a_shared_base_file(tmp_path):
+    """`include:` reads the shared file first; the including file's keys win, mappings merge key by key."""
+    from harmgate.config import load_config
+
+    base = yaml.safe_load((Path(__file__).parents[1] / "configs" / "tiny-test.yaml").read_text())
+    base["training"]["learning_rate"] = 1e-3
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "base.yaml").write_text(yaml.safe_dump(base))
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(
+        {"include": "shared/base.yaml", "name": "recipe-x", "training": {"method": "ulma", "beta": 0.5}}))
+    config = load_config(tmp_path / "recipe.yaml")
+    assert config.name == "recipe-x"
+    assert config.training.method == "ulma" and config.training.beta == 0.5
+    assert config.training.learning_rate == 1e-3          # kept from the included file
+    assert config.model.base == base["model"]["base"]
+
+
+def test_include_errors_name_the_file(tmp_path):
+    from harmgate.config import ConfigError, load_config
+
+    (tmp_path / "a.yaml").write_text("include: b.yaml\nname: a\n")
+    (tmp_path / "b.yaml").write_text("include: a.yaml\n")
+    with pytest.raises(ConfigError, match="include cycle"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("include: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"missing\.yaml \(included from .*c\.yaml\)"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("include: {x: 1}\n")
+    with pytest.raises(ConfigError, match="include: must be a file name"):
+        load_config(tmp_path / "d.yaml")
