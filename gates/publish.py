@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from gates.registry import NotApproved, Registry, RegistryError
+from gates.registry import NotApproved, Registry, RegistryError, default_version
 from harmgate.rundir import RunDir, read_json, write_json
 
 log = logging.getLogger("harmgate.publish")
@@ -28,6 +28,12 @@ def failing_kpis(verdict: dict[str, Any]) -> list[str]:
 
 
 def publish_run(run: RunDir, *, version: str | None = None, registry: Registry | None = None) -> dict[str, Any]:
+    """Publish the run's merged model; safe to rerun after any failure.
+
+    The version is chosen once and written to ``publish.pending.json`` before anything is uploaded; a rerun
+    (without ``version``, or with the same one) resumes that version instead of starting another, and a
+    rerun after success returns the same approved version (gates.registry.Registry.publish, ``resume``).
+    """
     config = run.config()
     verdict = read_json(run.verdict)
     if not isinstance(verdict, dict) or verdict.get("passed") is not True:
@@ -39,14 +45,31 @@ def publish_run(run: RunDir, *, version: str | None = None, registry: Registry |
     metrics = read_json(run.eval_summary)
     # The data manifest carries provenance and licences; a run trained elsewhere may not have one.
     provenance = read_json(run.data_manifest) if run.data_manifest.is_file() else {"data_manifest": None}
+    earlier = _earlier_version(run, config.name)
+    resume = earlier is not None and version in (None, earlier)
+    version = earlier if resume else (version or default_version())
+    if resume:
+        log.info("resuming the publish of %s:%s (recorded in %s)", config.name, version, run.root)
+    write_json(run.publish_pending, {"name": config.name, "version": version})
     registry = registry or Registry(config.store)
     record = registry.publish(config.name, run.merged_model_dir, verdict=verdict, metrics=metrics,
                               config=config.model_dump(mode="json"), provenance=provenance,
                               base_model=config.model.base, version=version,
-                              attachments=_report_attachment(run))
+                              attachments=_report_attachment(run), resume=resume)
     record["run_dir"] = str(run.root)
     write_json(run.publish_record, record)
+    run.publish_pending.unlink(missing_ok=True)
     return record
+
+
+def _earlier_version(run: RunDir, name: str) -> str | None:
+    """The version an unfinished (or finished) publish of this run chose, if any."""
+    for path in (run.publish_pending, run.publish_record):
+        if path.is_file():
+            record = read_json(path)
+            if isinstance(record, dict) and record.get("name") == name and isinstance(record.get("version"), str):
+                return record["version"]
+    return None
 
 
 def _report_attachment(run: RunDir) -> dict[str, bytes]:

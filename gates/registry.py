@@ -107,10 +107,17 @@ class Registry:
     # -- write --------------------------------------------------------------------------------------
     def publish(self, name: str, model_dir: Path, *, verdict: dict[str, Any], metrics: dict[str, Any],
                 config: dict[str, Any], provenance: dict[str, Any], base_model: str,
-                version: str | None = None, attachments: dict[str, bytes] | None = None) -> dict[str, Any]:
+                version: str | None = None, attachments: dict[str, bytes] | None = None,
+                resume: bool = False) -> dict[str, Any]:
         """Files, then attachments (e.g. report.html, beside the manifest), then the manifest, then the approval.
 
         Attachments are listed in the manifest with their sha256, so the approval covers them too.
+
+        ``resume``: ``version`` is this publisher's own earlier attempt (gates.publish keeps its version in the
+        run directory), so objects already there are not an error. Files the store holds with the same size,
+        sha256 metadata and ETag are kept, anything else is uploaded again; the unapproved manifest and
+        attachments are replaced; the approval is still written last. A version already approved for exactly
+        these files is returned as it is, so a rerun after any failure ends in the same approved version.
         """
         _check(NAME_RE, name, "model name")
         version = _check(VERSION_RE, version or default_version(), "version")
@@ -119,7 +126,8 @@ class Registry:
         if verdict.get("passed") is not True:
             raise NotApproved(f"refusing to publish {name}:{version}: the verdict did not pass")
         key = signing_key(self.config.signing_key_env)  # fail before uploading anything
-        if self.objects.list_keys(self._key(name, version) + "/"):
+        existing = self.objects.list_keys(self._key(name, version) + "/")
+        if existing and not resume:
             raise RegistryError(f"{name}:{version} already exists at {self._where(name, version)}; versions are "
                                 f"immutable, publish a new one")
         manifest = build_manifest(Path(model_dir), name=name, version=version, base_model=base_model,
@@ -131,19 +139,35 @@ class Registry:
                                        for att, data in attachments.items()}
         # Round trip through JSON so the digest is of exactly what readers will parse (tuples, Paths...).
         manifest = json.loads(json.dumps(manifest, default=str))
+        if self._key(name, version, "approval.json") in existing:
+            return self._already_published(name, version, manifest["files"], key)
         for entry in manifest["files"]:
             self.objects.upload_file(Path(model_dir) / entry["path"], self._key(name, version, "files", entry["path"]),
-                                     sha256=entry["sha256"], size=entry["size"])
+                                     sha256=entry["sha256"], size=entry["size"], keep_if_stored=resume)
         manifest_sha256 = digest(manifest)
         try:
             for att, data in (attachments or {}).items():
-                self.objects.put_bytes(self._key(name, version, att), data, create_only=True,
-                                       content_type=_CONTENT_TYPES.get(Path(att).suffix, "application/octet-stream"))
-            self.objects.put_bytes(self._key(name, version, "manifest.json"), _json_bytes(manifest), create_only=True)
+                self._put_record(self._key(name, version, att), data, replace=resume,
+                                 content_type=_CONTENT_TYPES.get(Path(att).suffix, "application/octet-stream"))
+            self._put_record(self._key(name, version, "manifest.json"), _json_bytes(manifest), replace=resume)
             approval = sign_approval(key, name=name, version=version, manifest_sha256=manifest_sha256)
             self.objects.put_bytes(self._key(name, version, "approval.json"), _json_bytes(approval), create_only=True)
         except ObjectExists as err:
             raise RegistryError(f"{name}:{version} was published concurrently by someone else ({err})") from None
+        return self._record(name, version, manifest, manifest_sha256, approval)
+
+    def _put_record(self, key: str, data: bytes, *, replace: bool, content_type: str = "application/json") -> None:
+        """Create-only write; with ``replace`` an earlier attempt's (unapproved) object is deleted first."""
+        if replace:
+            stored = self.objects.get_bytes(key)
+            if stored == data:
+                return
+            if stored is not None:
+                self.objects.delete(key)
+        self.objects.put_bytes(key, data, create_only=True, content_type=content_type)
+
+    def _record(self, name: str, version: str, manifest: dict[str, Any], manifest_sha256: str,
+                approval: dict[str, Any]) -> dict[str, Any]:
         return {"name": name, "version": version, "bucket": self.objects.bucket,
                 "endpoint": self.objects.endpoint, "prefix": self._key(name, version) + "/",
                 "manifest_key": self._key(name, version, "manifest.json"),
@@ -151,6 +175,27 @@ class Registry:
                 "manifest_sha256": manifest_sha256, "files": len(manifest["files"]),
                 "bytes": sum(e["size"] for e in manifest["files"]), "approved_at": approval["approved_at"],
                 "attachments": sorted(manifest.get("attachments", {}))}
+
+    def _already_published(self, name: str, version: str, files: list[dict[str, Any]], key: bytes) -> dict[str, Any]:
+        """A resumed publish whose approval was already written (the failure came after it): the same version,
+        if its approval verifies, it is not revoked and it approves exactly these files; otherwise an error."""
+        where = self._where(name, version)
+        manifest = self._manifest(name, version)
+        approval = self.objects.get_json(self._key(name, version, "approval.json"))
+        manifest_sha256 = digest(manifest)
+        try:
+            verify_approval(key, approval, name=name, version=version, manifest_sha256=manifest_sha256)
+        except BadSignature as err:
+            raise RegistryError(f"cannot resume publishing {name}:{version}: {where} holds an approval that does "
+                                f"not verify ({err}); publish a new version") from None
+        if manifest.get("files") != files:
+            raise RegistryError(f"{name}:{version} is already approved at {where} for other files than "
+                                f"this model folder's; versions are immutable, publish a new one")
+        revoked = self.objects.get_json(self._key(name, version, "revoked.json"))
+        if revoked is not None:
+            raise Revoked(f"{name}:{version} was published and then revoked ({revoked.get('reason')}); "
+                          f"a revoked version is not published again")
+        return self._record(name, version, manifest, manifest_sha256, approval)
 
     def revoke(self, name: str, version: str, reason: str) -> dict[str, Any]:
         """Mark a version unusable; idempotent (the first revocation's record is kept)."""

@@ -170,6 +170,20 @@ def sha256_and_etag(path: Path, *, multipart_threshold: int, chunksize: int) -> 
     return sha.hexdigest(), f"{hashlib.md5(b''.join(parts), usedforsecurity=False).hexdigest()}-{len(parts)}"
 
 
+def _stored_problems(head: dict[str, Any], *, size: int, sha256: str, etag: str) -> list[str]:
+    """Why a HEAD of an uploaded object does not match the local file (empty: it matches)."""
+    stored_etag = str(head.get("ETag", "")).strip('"')
+    encrypted = str(head.get("ServerSideEncryption", "")).startswith("aws:kms") or head.get("SSECustomerAlgorithm")
+    problems = []
+    if head["ContentLength"] != size:
+        problems.append(f"stored {head['ContentLength']} bytes, expected {size}")
+    if head.get("Metadata", {}).get("sha256") != sha256:
+        problems.append("sha256 metadata missing or different")
+    if not encrypted and stored_etag != etag:
+        problems.append(f"server ETag {stored_etag} != local {etag}")
+    return problems
+
+
 class ObjectStore:
     """One bucket, with the few operations the registry needs, each translated by ``translate_errors``."""
 
@@ -223,34 +237,38 @@ class ObjectStore:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type,
                                    Metadata={"sha256": hashlib.sha256(data).hexdigest()}, **extra)
 
-    def upload_file(self, path: Path, key: str, *, sha256: str, size: int) -> None:
+    def upload_file(self, path: Path, key: str, *, sha256: str, size: int, keep_if_stored: bool = False) -> None:
         """Upload (multipart from ``multipart_threshold``), then verify what the server stored.
 
         The file is re-hashed first (it must still be what the manifest says), and the server's ETag, which it
         computes from the bytes it received (MD5, or MD5 of the part MD5s for multipart), must equal ours.
         SSE-KMS/SSE-C objects have ETags that are not MD5s: for those only the size is compared (S3 still
-        validates the CRC32 checksums boto3 sends with every part).
+        validates the CRC32 checksums boto3 sends with every part). ``keep_if_stored``: an object already at
+        ``key`` that passes the same checks is kept (a resumed publish does not upload it twice).
         """
         actual, etag = sha256_and_etag(path, multipart_threshold=self.multipart_threshold,
                                        chunksize=self.multipart_chunksize)
         if actual != sha256 or path.stat().st_size != size:
             raise RegistryError(f"{path} changed after the manifest was built (sha256 {actual}, manifest {sha256}); "
                                 f"publish again from a model folder nobody is writing to")
+        if keep_if_stored:
+            try:
+                with self._errors(f"head s3://{self.bucket}/{key}"):
+                    head = self.client.head_object(Bucket=self.bucket, Key=key)
+                if not _stored_problems(head, size=size, sha256=sha256, etag=etag):
+                    return
+            except ObjectNotFound:
+                pass
         with self._errors(f"upload {path} to s3://{self.bucket}/{key}"):
             self.client.upload_file(str(path), self.bucket, key, Config=self._transfer(),
                                     ExtraArgs={"Metadata": {"sha256": sha256}})
             head = self.client.head_object(Bucket=self.bucket, Key=key)
-        stored_etag = str(head.get("ETag", "")).strip('"')
-        encrypted = str(head.get("ServerSideEncryption", "")).startswith("aws:kms") or head.get("SSECustomerAlgorithm")
-        problems = []
-        if head["ContentLength"] != size:
-            problems.append(f"stored {head['ContentLength']} bytes, expected {size}")
-        if head.get("Metadata", {}).get("sha256") != sha256:
-            problems.append("sha256 metadata missing or different")
-        if not encrypted and stored_etag != etag:
-            problems.append(f"server ETag {stored_etag} != local {etag}")
-        if problems:
+        if problems := _stored_problems(head, size=size, sha256=sha256, etag=etag):
             raise RegistryError(f"upload of {path} to s3://{self.bucket}/{key} did not verify: {'; '.join(problems)}")
+
+    def delete(self, key: str) -> None:
+        with self._errors(f"delete s3://{self.bucket}/{key}"):
+            self.client.delete_object(Bucket=self.bucket, Key=key)
 
     def download_file(self, key: str, dest: Path) -> None:
         with self._errors(f"download s3://{self.bucket}/{key}"):

@@ -13,6 +13,7 @@ Layout (docs/ARCHITECTURE.md describes each artifact's schema):
       evals/summary.json          metrics per arm and suite                  (evals.runner)
       verdict.json                KPI results                                (gates.verdict)
       publish.json                where the model went in the registry       (gates.publish)
+      publish.pending.json        the version an unfinished publish resumes  (gates.publish)
 """
 
 from __future__ import annotations
@@ -76,6 +77,11 @@ class RunDir:
     @property
     def publish_record(self) -> Path:
         return self.root / "publish.json"
+
+    @property
+    def publish_pending(self) -> Path:
+        """The version a publish is writing; kept until it is approved, so a rerun resumes that version."""
+        return self.root / "publish.pending.json"
 
     def config(self) -> RunConfig:
         return load_config(self.config_path)

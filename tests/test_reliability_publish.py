@@ -1,0 +1,167 @@
+"""The store dies (SIGKILL) during `publish`, at every phase, while a service is serving the previous version.
+
+Each case: a service serves v1 of a model; `publish_run` of a new run starts, and a botocore event hook kills the
+SeaweedFS process at one exact call (mid multipart upload, between two files, before the manifest, before the
+approval, or just after the approval was stored but before its response arrived). Then:
+
+* publish fails with a StoreUnavailable naming the endpoint; the service keeps answering with v1 and stays ready;
+* the store comes back: the new version is not approved (unless the approval itself was stored, which happens only
+  after every file verified), the service does not switch to it, `fetch_verified` refuses it;
+* rerunning publish resumes the *same* version and approves it, with every file's sha256 equal to the local
+  model's; a third run changes nothing; the service then switches to it.
+
+The weights file is 12 MiB, uploaded in 5 MiB parts, so the multipart path is the one that breaks.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import pytest
+from botocore.exceptions import ConnectionClosedError
+
+from gates.publish import publish_run
+from gates.registry import NotApproved, Registry, StoreUnavailable, VersionNotFound
+from gates.s3 import sha256_file
+from harmgate.rundir import read_json
+from tests.reliability_support import CHAT, KillableStore, live_service, passed_run, service_config
+
+PART = 5 * 2**20
+
+pytestmark = pytest.mark.usefixtures("signing_key")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, s3_store_info):  # s3_store_info: the session fixture clears developer S3 keys
+    killable = KillableStore(tmp_path_factory.mktemp("killable-seaweedfs"), f"reliability-{secrets.token_hex(3)}")
+    yield killable
+    from gates.store import store_down
+
+    store_down(killable.state_dir)
+
+
+@pytest.fixture(scope="module")
+def big_model(tmp_path_factory) -> Path:
+    """A random Llama whose model.safetensors is ~12 MiB: three 5 MiB parts."""
+    from align.tiny import build_tiny_model, build_tiny_tokenizer
+
+    dest = tmp_path_factory.mktemp("big") / "model"
+    tok = build_tiny_tokenizer()
+    model = build_tiny_model(tok, hidden_size=384, seed=3)
+    model.save_pretrained(dest, safe_serialization=True)
+    tok.save_pretrained(dest)
+    assert (dest / "model.safetensors").stat().st_size > 2 * PART
+    return dest
+
+
+def _arm(registry: Registry, store: KillableStore, phase: str) -> dict:
+    """Register the hook that kills the store at ``phase``; returns its state (``fired`` once it did)."""
+    events, state = registry.objects.client.meta.events, {"fired": False, "files_done": [], "approval": False}
+
+    def kill() -> None:
+        state["fired"] = True
+        store.kill()
+
+    def before(params, event_name, **_):
+        if state["fired"]:
+            return
+        op, key = event_name.rsplit(".", 1)[1], params.get("Key", "")
+        if phase == "mid_multipart_upload" and op == "UploadPart" and params.get("PartNumber") == 2:
+            kill()
+        elif phase == "between_files" and op in ("PutObject", "CreateMultipartUpload") and "/files/" in key:
+            if any(k.endswith("model.safetensors") for k in state["files_done"]):
+                kill()  # the weights are stored and verified; the next file never arrives
+            state["files_done"].append(key)
+        elif phase == "before_manifest" and op == "PutObject" and key.endswith("/manifest.json"):
+            kill()
+        elif phase == "before_approval" and op == "PutObject" and key.endswith("/approval.json"):
+            kill()
+        elif phase == "after_approval" and op == "PutObject" and key.endswith("/approval.json"):
+            state["approval"] = True
+
+    def after(event_name, **_):
+        if phase == "after_approval" and state["approval"] and not state["fired"]:
+            kill()  # the store wrote the approval; its answer is lost with it
+            raise ConnectionClosedError(endpoint_url=store.info.endpoint)
+
+    events.register("before-parameter-build.s3", before)
+    events.register("after-call.s3.PutObject", after)
+    return state
+
+
+PHASES = ["mid_multipart_upload", "between_files", "before_manifest", "before_approval", "after_approval"]
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_store_killed_during_publish(phase, store, big_model, tiny_model_dir, tmp_path, caplog):
+    if not store.running():
+        store.restart()
+    name = f"pub-{phase.replace('_', '-')}"
+    cfg = service_config(tmp_path, name, store.config(max_attempts=2), store_wait_s=0)
+    Registry(store.config()).publish(name, tiny_model_dir, verdict={"passed": True}, metrics={}, config={},
+                                     provenance={}, base_model="tiny", version="v1")
+    run = passed_run(tmp_path, cfg, big_model)
+    endpoint = store.info.endpoint
+
+    with live_service(cfg) as svc:
+        assert svc.served == "v1"
+        registry = Registry(store.config(max_attempts=2), multipart_threshold=PART, multipart_chunksize=PART)
+        state = _arm(registry, store, phase)
+        with pytest.raises(StoreUnavailable, match=endpoint):
+            publish_run(run, registry=registry)
+        assert state["fired"] and not store.running()
+        version = read_json(run.publish_pending)["version"]
+        assert not run.publish_record.exists(), "publish.json is written only after the approval"
+
+        # Store down: the service keeps serving v1 (verified when loaded), ready, and says so once in its log.
+        with caplog.at_level("INFO", logger="harmgate.serve"):
+            svc.handle.watcher.poll_once()
+        assert svc.served == "v1" and svc.get("/readyz").status_code == 200
+        reply = svc.post("/v1/chat/completions", CHAT)
+        assert reply.status_code == 200 and reply.json()["model"] == f"{name}:v1"
+        assert "registry check failed" in caplog.text and f"still serving {name}:v1" in caplog.text
+
+        store.restart()
+        assert store.info.endpoint == endpoint
+        reader = Registry(store.config())
+        if phase == "after_approval":
+            # Stored last, after every file verified: this version is complete and may be served.
+            assert reader.latest_approved(name) == version
+        else:
+            assert reader.latest_approved(name) == "v1", f"a partial upload ({phase}) must never be approved"
+            with pytest.raises((NotApproved, VersionNotFound)):
+                reader.fetch_verified(name, version, tmp_path / "check-cache")
+            svc.handle.watcher.poll_once()
+            assert svc.served == "v1"
+
+        # Rerun: the same version, completed and approved, byte-identical to the local model.
+        record = publish_run(run, registry=Registry(store.config(), multipart_threshold=PART,
+                                                    multipart_chunksize=PART))
+        assert record["version"] == version and not run.publish_pending.exists()
+        fetched = reader.fetch_verified(name, version, tmp_path / "check-cache")
+        for path in sorted(big_model.rglob("*")):
+            if path.is_file():
+                rel = path.relative_to(big_model)
+                assert sha256_file(fetched.local_dir / rel) == sha256_file(path), rel
+        assert publish_run(run)["manifest_sha256"] == record["manifest_sha256"], "a third run changes nothing"
+        assert [(r["version"], r["approved"]) for r in reader.list_versions(name)] == [("v1", True), (version, True)]
+
+        svc.handle.watcher.poll_once()
+        assert svc.served == version
+        assert svc.post("/v1/chat/completions", CHAT).json()["model"] == f"{name}:{version}"
+
+
+def test_rerun_refuses_a_version_approved_for_other_files(store, tiny_model_dir, tmp_path):
+    """Resuming never re-approves different bytes under an approved version."""
+    from align.tiny import save_tiny_model
+
+    if not store.running():
+        store.restart()
+    cfg = service_config(tmp_path, "pub-changed", store.config())
+    run = passed_run(tmp_path, cfg, tiny_model_dir)
+    first = publish_run(run)
+    save_tiny_model(run.merged_model_dir, seed=9)  # the model folder changed after it was published
+    with pytest.raises(Exception, match="already approved .* for other files"):
+        publish_run(run)
+    assert publish_run(run, version="v-next")["version"] == "v-next" != first["version"]
