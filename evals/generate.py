@@ -13,12 +13,26 @@ from tqdm.auto import tqdm
 from harmgate.config import GenerationConfig
 
 
-def render_prompts(tokenizer, prompts: Iterable[str], system_prompt: str | None = None) -> list[str]:
+Prompt = str | list[dict[str, str]]  # one user turn, or a whole conversation ending with a user turn
+
+
+def with_system_prompt(messages: list[dict[str, str]], system_prompt: str | None) -> list[dict[str, str]]:
+    """``messages`` with ``system_prompt`` first; a conversation's own system message is kept after it (one
+    system message: many chat templates accept no second one)."""
+    messages = [dict(m) for m in messages]
+    if not system_prompt:
+        return messages
+    if messages and messages[0].get("role") == "system":
+        return [{"role": "system", "content": f"{system_prompt}\n\n{messages[0]['content']}"}, *messages[1:]]
+    return [{"role": "system", "content": system_prompt}, *messages]
+
+
+def render_prompts(tokenizer, prompts: Iterable[Prompt], system_prompt: str | None = None) -> list[str]:
     rendered = []
     for prompt in prompts:
-        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-            {"role": "user", "content": prompt}]
-        rendered.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        rendered.append(tokenizer.apply_chat_template(with_system_prompt(messages, system_prompt), tokenize=False,
+                                                      add_generation_prompt=True))
     return rendered
 
 
@@ -29,15 +43,18 @@ def prepare_tokenizer(tokenizer) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
-def generate(model, tokenizer, prompts: list[str], gen: GenerationConfig, *, k: int = 1, chat: bool = True,
+def generate(model, tokenizer, prompts: list[Prompt], gen: GenerationConfig, *, k: int = 1, chat: bool = True,
              seed: int = 0, desc: str = "generating", system_prompt: str | None = None) -> list[list[str]]:
-    """``k`` continuations of each prompt. chat=True renders each prompt as a user turn with the chat template;
-    chat=False continues the raw text (RealToxicityPrompts, BOLD)."""
+    """``k`` continuations of each prompt. chat=True renders each prompt (a user turn, or a list of messages)
+    with the chat template, after ``system_prompt`` if given; chat=False continues the raw text (RealToxicity-
+    Prompts, BOLD; a system prompt does not apply)."""
     import torch
 
     if k > 1 and gen.temperature == 0:
         raise ValueError(f"k={k} samples per prompt need temperature > 0 (greedy decoding repeats itself)")
     prepare_tokenizer(tokenizer)
+    if not chat and (system_prompt or not all(isinstance(p, str) for p in prompts)):
+        raise ValueError("raw continuation (chat=False) takes plain text prompts and no system prompt")
     texts = render_prompts(tokenizer, prompts, system_prompt) if chat else list(prompts)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     outputs: list[list[str]] = [[] for _ in texts]
@@ -65,7 +82,7 @@ def generate(model, tokenizer, prompts: list[str], gen: GenerationConfig, *, k: 
     return outputs
 
 
-def generate_replies(model, tokenizer, prompts: list[str], gen: GenerationConfig, *, desc: str = "generating",
+def generate_replies(model, tokenizer, prompts: list[Prompt], gen: GenerationConfig, *, desc: str = "generating",
                      system_prompt: str | None = None) -> list[str]:
     """One chat reply per prompt (the service and one-sample suites)."""
     return [o[0] for o in generate(model, tokenizer, prompts, gen, desc=desc, system_prompt=system_prompt)]

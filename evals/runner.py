@@ -1,4 +1,5 @@
-"""Run every configured suite on one arm (base or tuned) and write its results into the run directory.
+"""Run every configured suite on one arm (base, tuned or prompted; evals/arms.py) and write its results into the
+run directory.
 
 Per suite: ``evals/<arm>/<suite>.json`` (metrics, breakdowns, samples, provenance; docs/RESULTS_SCHEMA.md) and
 ``evals/<arm>/<suite>.samples.jsonl`` (the same per-sample records, one a line). ``evals/summary.json`` holds
@@ -13,12 +14,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from evals.arms import ARMS, PROMPTED, not_applicable, resolve_arm
 from evals.stats import Bootstrap
 from evals.suites import SuiteContext, SuiteResult, get_suite
 from harmgate.config import RunConfig, SuiteConfig
 from harmgate.rundir import RunDir, read_json, write_json, write_text_atomic
 
-ARMS = ("base", "tuned")
 SCHEMA_VERSION = 1  # docs/RESULTS_SCHEMA.md; bump on any incompatible change to the files below
 
 
@@ -39,16 +40,6 @@ def eval_prompts(config: RunConfig) -> list[str]:
     for s in config.evals.suites:
         prompts.extend(get_suite(s.name).eval_prompts(s, config.data.mirror))
     return prompts
-
-
-def model_ref_for_arm(run: RunDir, config: RunConfig, arm: str) -> str:
-    if arm == "base":
-        return config.model.base
-    if arm == "tuned":
-        if not (run.merged_model_dir / "config.json").is_file():
-            raise FileNotFoundError(f"no merged model at {run.merged_model_dir}: run `harmgate train {run.root}`")
-        return str(run.merged_model_dir)
-    raise ValueError(f"unknown arm {arm!r}; expected one of {ARMS}")
 
 
 def default_toxicity_factory(config: RunConfig) -> Callable[[], Any]:
@@ -89,20 +80,21 @@ def write_samples(path: Path, samples: list[dict[str, Any]]) -> None:
 
 def run_suite(model, tokenizer, suite_cfg: SuiteConfig, config: RunConfig, *, desc: str = "",
               work_dir: Path | None = None, toxicity_factory: Callable[[], Any] | None = None,
-              judge_factory: Callable[[], Any] | None = None) -> tuple[SuiteResult, dict[str, Any]]:
-    """One suite on one loaded model: its result and the settings it ran with."""
+              judge_factory: Callable[[], Any] | None = None,
+              system_prompt: str | None = None) -> tuple[SuiteResult, dict[str, Any]]:
+    """One suite on one loaded model (told ``system_prompt`` first, if given): its result and its settings."""
     suite = get_suite(suite_cfg.name)
     gen = suite.generation_config(config.evals.generation, suite_cfg)
     ctx = SuiteContext(mirror=config.data.mirror, generation=gen, boot=Bootstrap(seed=suite_cfg.seed),
                        toxicity_factory=toxicity_factory or default_toxicity_factory(config),
                        judge_factory=judge_factory or default_judge_factory(config), work_dir=work_dir,
-                       desc=desc or suite.name)
+                       desc=desc or suite.name, system_prompt=system_prompt)
     result = suite.run(model, tokenizer, suite_cfg, ctx)
     settings = {"kind": suite.kind, "limit": suite_cfg.limit, "seed": suite_cfg.seed, "k": suite_cfg.k,
                 "options": suite.options(suite_cfg).model_dump(),
                 "generation": gen.model_dump() if suite.kind != "likelihood" else None,
                 "prompt_format": getattr(suite.options(suite_cfg), "prompt_format", suite.prompt_format),
-                "ci": ctx.boot.describe()}
+                "system_prompt": system_prompt, "ci": ctx.boot.describe()}
     return result, settings
 
 
@@ -113,7 +105,9 @@ def evaluate_arm(run: RunDir, config: RunConfig, arm: str, *, toxicity_factory: 
     from align.models import load_causal_lm, load_tokenizer
 
     check_suites(config)
-    ref = model_ref_for_arm(run, config, arm)
+    spec = resolve_arm(run, config, arm)
+    ref = spec.model_ref
+    skip = not_applicable(config) if arm == PROMPTED else {}
     on_gpu = torch.cuda.is_available()
     model = load_causal_lm(ref, dtype="bfloat16" if on_gpu else "float32", device_map={"": 0} if on_gpu else None)
     model.eval()
@@ -130,11 +124,15 @@ def evaluate_arm(run: RunDir, config: RunConfig, arm: str, *, toxicity_factory: 
     results: dict[str, Any] = {}
     for suite_cfg in config.evals.suites:
         name = suite_cfg.name
+        if name in skip:
+            run.eval_result(arm, name).unlink(missing_ok=True)  # a stale file from an older config must not count
+            continue
         started = time.time()
         result, settings = run_suite(model, tokenizer, suite_cfg, config, desc=f"{arm}/{name}",
                                      work_dir=run.root / "evals" / arm / f"{name}.work",
                                      toxicity_factory=cached("toxicity", tox),
-                                     judge_factory=cached("judge", judge_factory or default_judge_factory(config)))
+                                     judge_factory=cached("judge", judge_factory or default_judge_factory(config)),
+                                     system_prompt=spec.system_prompt)
         suite = get_suite(name)
         jsonl = samples_path(run, arm, name)
         payload = {
@@ -154,8 +152,11 @@ def evaluate_arm(run: RunDir, config: RunConfig, arm: str, *, toxicity_factory: 
 
 
 def write_summary(run: RunDir, config: RunConfig) -> dict[str, Any]:
+    """Every evaluated arm's metrics; ``arm_settings`` says what the prompted arm was (model, system prompt,
+    suites it skipped and why)."""
     summary: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "arms": {}}
-    for arm in ARMS:
+    arms = ARMS if config.evals.prompted_arm.enabled else tuple(a for a in ARMS if a != PROMPTED)
+    for arm in arms:
         arm_metrics = {}
         for suite in config.evals.suites:
             path = run.eval_result(arm, suite.name)
@@ -163,5 +164,8 @@ def write_summary(run: RunDir, config: RunConfig) -> dict[str, Any]:
                 arm_metrics[suite.name] = read_json(path)["metrics"]
         if arm_metrics:
             summary["arms"][arm] = arm_metrics
+    if PROMPTED in summary["arms"]:
+        summary["arm_settings"] = {PROMPTED: {**resolve_arm(run, config, PROMPTED).describe(),
+                                              "not_applicable": not_applicable(config)}}
     write_json(run.eval_summary, summary)
     return summary

@@ -12,6 +12,7 @@ from typing import Sequence
 from markupsafe import Markup, escape
 
 BASE_COLOUR = "#8a94a6"
+PROMPTED_COLOUR = "#8250df"  # the prompted base (base model + safety system prompt)
 BETTER, WORSE, NEUTRAL = "#1a7f37", "#cf222e", "#0969da"
 THRESHOLD_COLOUR = "#bf8700"
 
@@ -85,10 +86,13 @@ def _whisker(p: Point, axis: Axis, x0: float, x1: float, y: float, colour: str, 
 
 
 def interval_pair(base: Point | None, tuned: Point | None, axis: Axis, *, direction: str | None = None,
-                  thresholds: Sequence[tuple[float, str]] = (), width: int = 300, ticks: bool = True) -> Markup:
-    """Base (hollow, grey) and tuned (filled; green better, red worse) with their intervals on one axis."""
-    height = 46 if ticks else 32
-    y_base, y_tuned = 9, 23  # base above tuned; tick labels (if any) below
+                  thresholds: Sequence[tuple[float, str]] = (), width: int = 300, ticks: bool = True,
+                  prompted: Point | None = None) -> Markup:
+    """Base (hollow, grey), the prompted base if given (hollow, purple) and tuned (filled; green better, red
+    worse than base) with their intervals on one axis."""
+    extra = 14 if prompted is not None else 0
+    height = (46 if ticks else 32) + extra
+    y_base, y_prompted, y_tuned = 9, 23, 23 + extra  # base on top, tuned last; tick labels (if any) below
     x0, x1 = 10.0, width - 10.0
     parts = [f'<svg class="pair" role="img" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
              f'xmlns="http://www.w3.org/2000/svg">',
@@ -102,6 +106,8 @@ def interval_pair(base: Point | None, tuned: Point | None, axis: Axis, *, direct
     tuned_colour = colour_for(base.value if base else None, tuned.value if tuned else None, direction)
     if base is not None:
         parts.append(_whisker(base, axis, x0, x1, y_base, BASE_COLOUR, "base", False))
+    if prompted is not None:
+        parts.append(_whisker(prompted, axis, x0, x1, y_prompted, PROMPTED_COLOUR, "prompted base", False))
     if tuned is not None:
         parts.append(_whisker(tuned, axis, x0, x1, y_tuned, tuned_colour, "tuned", True))
     if ticks:

@@ -7,6 +7,9 @@ non-regression rule compares the two arms through a confidence interval on the d
   for two independent proportions (Newcombe 1998, method 10), i.e. MOVER on the two Wilson intervals;
 - otherwise: MOVER (Zou & Donner 2008) from each arm's own reported interval (e.g. a bootstrap ci95).
 
+``beats_arm`` compares the tuned model with another evaluated arm (the prompted base: the base model with a
+safety system prompt) by point estimate or through the same interval on tuned - arm.
+
 Both treat the arms as independent. They are usually the same prompts (paired), which makes the real
 difference less noisy, so these intervals are conservative: fewer blocks under ``block_if_significant_regression``,
 fewer passes under ``require_significant_improvement``.
@@ -20,7 +23,7 @@ from statistics import NormalDist
 from typing import Any
 
 from evals.stats import wilson_interval
-from harmgate.config import KPI, NonRegression
+from harmgate.config import KPI, BeatsArm, NonRegression
 
 _EPS = 1e-12
 _Z95 = 1.959963984540054
@@ -161,6 +164,8 @@ def describe(kpi: KPI) -> list[str]:
     texts = [desc for _, desc, _, _ in bound_rules(kpi, 0.0)]
     if kpi.non_regression is not None:
         texts.append(_non_regression_text(kpi.non_regression))
+    if kpi.beats_arm is not None:
+        texts.append(_beats_text(kpi.beats_arm))
     if kpi.target is not None:
         texts = [f"distance to {kpi.target:g}: {t}" for t in texts]
     return texts
@@ -171,6 +176,39 @@ def _non_regression_text(rule: NonRegression) -> str:
     if rule.mode == "block_if_significant_regression":
         return f"no significant regression ({pct}" + (f", margin {rule.margin:g})" if rule.margin else ")")
     return f"significant improvement ({pct}" + (f", > {rule.margin:g})" if rule.margin else ")")
+
+
+def _beats_text(rule: BeatsArm) -> str:
+    if rule.mode == "point":
+        return f"at least as good as {rule.arm}" + (f" by {rule.margin:g}" if rule.margin else "")
+    return f"significantly better than {rule.arm} ({rule.confidence:.0%}" + (
+        f", by > {rule.margin:g})" if rule.margin else ")")
+
+
+def _beats_arm(kpi: KPI, rule: BeatsArm, tuned: Measurement, other: Measurement | None) -> RuleResult:
+    desc = _beats_text(rule)
+    if other is None:
+        return RuleResult("beats_arm", desc, None, False,
+                          f"needs the {rule.arm} arm's value, which is missing from the eval summary")
+    lower = kpi.direction == "lower"  # with a target, the distance: also lower
+    if rule.mode == "point":
+        t, o = compared(kpi, tuned.value), compared(kpi, other.value)
+        threshold = o - rule.margin if lower else o + rule.margin
+        ok = t <= threshold + _EPS if lower else t >= threshold - _EPS
+        what = "tuned" if kpi.target is None else f"|tuned - {kpi.target:g}|"
+        return RuleResult("beats_arm", desc, threshold, ok,
+                          f"{what} = {t:.4g} vs {rule.arm} {o:.4g}: {'meets' if ok else 'violates'} {desc}")
+    iv = difference_interval(tuned, other, rule.confidence, kpi.target)
+    if iv is None:
+        return RuleResult("beats_arm", desc, None, False,
+                          f"cannot compare with the {rule.arm} arm: the metric has neither counts (count, n) nor a "
+                          f"ci95 interval in both arms")
+    imp_low, imp_high = (-iv.high, -iv.low) if lower else (iv.low, iv.high)
+    ok = imp_low > rule.margin + _EPS
+    return RuleResult("beats_arm", desc, None, ok,
+                      f"improvement over {rule.arm} {rule.confidence:.0%} CI [{imp_low:+.3g}, {imp_high:+.3g}] "
+                      f"({iv.method}): {'' if ok else 'not '}significantly better than {rule.arm}"
+                      + (f" by more than {rule.margin:g}" if rule.margin else ""))
 
 
 def _non_regression(kpi: KPI, rule: NonRegression, tuned: Measurement,
@@ -202,8 +240,10 @@ def _non_regression(kpi: KPI, rule: NonRegression, tuned: Measurement,
     return RuleResult("non_regression", desc, None, passed, detail), iv
 
 
-def evaluate_rules(kpi: KPI, tuned: Measurement, base: Measurement | None) -> tuple[list[RuleResult], Interval | None]:
-    """Every rule the KPI sets, in policy order (bounds, then non-regression), and the difference interval."""
+def evaluate_rules(kpi: KPI, tuned: Measurement, base: Measurement | None,
+                   others: dict[str, Measurement | None] | None = None) -> tuple[list[RuleResult], Interval | None]:
+    """Every rule the KPI sets, in policy order (bounds, non-regression, beats_arm), and the tuned - base
+    interval. ``others``: the other arms' measurements by arm name (``beats_arm`` reads its arm there)."""
     t = compared(kpi, tuned.value)
     b = None if base is None else compared(kpi, base.value)
     what = "tuned" if kpi.target is None else f"|tuned - {kpi.target:g}|"
@@ -222,4 +262,7 @@ def evaluate_rules(kpi: KPI, tuned: Measurement, base: Measurement | None) -> tu
         results.append(result)
     elif base is not None:  # still report the difference interval for the table and the dashboard
         interval = difference_interval(tuned, base, 0.95, kpi.target)
+    if kpi.beats_arm is not None:
+        arm = kpi.beats_arm.arm
+        results.append(_beats_arm(kpi, kpi.beats_arm, tuned, base if arm == "base" else (others or {}).get(arm)))
     return results, interval

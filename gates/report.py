@@ -1,7 +1,8 @@
 """`harmgate report RUN_DIR`: one self-contained HTML dashboard of a run (no network needed to view it).
 
 It shows the KPI verdict (recomputed from the eval summary with the run's frozen policy, as `pytest evals/`
-does), base vs tuned per suite with intervals, every breakdown the suites wrote, the training loss curve, the
+does), base vs tuned per suite with intervals (and the prompted base, the base model with a safety system
+prompt, when that arm was evaluated, with whether it alone would pass the policy), every breakdown the suites wrote, the training loss curve, the
 worst generations first, data provenance and licences, and the history of the model in the registry.
 All model text is untrusted: it is rendered only through Jinja2's autoescaping (and ``escape`` in the SVG).
 """
@@ -23,7 +24,7 @@ from gates.charts import Axis, Point, colour_for, fmt, interval_pair, line_chart
 from harmgate.rundir import RunDir, read_json, write_text_atomic
 
 REPORT_FILE = "report.html"
-ARMS = ("base", "tuned")
+ARMS = ("base", "tuned", "prompted")
 WORST_SHOWN, WORST_MORE = 8, 40
 # Metric-name hints for the colour of a change when no KPI and no suite doc says which way is better. Only
 # names whose direction never depends on the suite: a refusal rate is bad on safe prompts, good on harmful ones.
@@ -42,6 +43,7 @@ class MetricRow:
     kpi: str | None = None
     doc: str = ""
     chart: Markup = Markup("")
+    prompted: Point | None = None
 
     @property
     def delta(self) -> float | None:
@@ -81,6 +83,7 @@ class SampleView:
     flagged: bool
     extra: dict[str, str] = field(default_factory=dict)
     base_why: str = ""
+    prompted_output: str | None = None
 
 
 @dataclass
@@ -122,6 +125,7 @@ class Report:
     provenance: dict[str, Any] | None
     eval_sources: list[dict[str, Any]]
     registry: RegistryView | None
+    prompted: dict[str, Any] | None = None  # {system_prompt, not_applicable, alone}: the prompt-engineering arm
 
 
 # -- reading the run --------------------------------------------------------------------------------------
@@ -176,20 +180,22 @@ def _suite_docs(suite: str) -> tuple[str, dict[str, str]]:
 
 
 def _metric_rows(base: dict[str, Any], tuned: dict[str, Any], docs: dict[str, str],
-                 kpis: dict[str, dict[str, Any]], suite: str) -> list[MetricRow]:
+                 kpis: dict[str, dict[str, Any]], suite: str, prompted: dict[str, Any] | None = None) -> list[MetricRow]:
     rows = []
+    prompted = prompted or {}
     for name in list(dict.fromkeys([*tuned, *base])):
-        b, t = _point(base.get(name)), _point(tuned.get(name))
+        b, t, p = _point(base.get(name)), _point(tuned.get(name)), _point(prompted.get(name))
         if b is None and t is None:
             continue
         kpi = kpis.get(f"{suite}.{name}")
         row = MetricRow(name, b, t, (tuned.get(name) or base.get(name) or {}).get("n"),
                         _direction(name, docs.get(name, ""), kpi and kpi.get("direction")),
-                        kpi["name"] if kpi else None, docs.get(name, ""))
+                        kpi["name"] if kpi else None, docs.get(name, ""), prompted=p)
         thresholds = _thresholds(kpi)
-        unit = all(0 <= v <= 1 for p in (b, t) if p for v in p.extent())
-        row.chart = interval_pair(b, t, Axis.fit([p for p in (b, t) if p], [v for v, _ in thresholds], unit),
-                                  direction=row.direction, thresholds=thresholds)
+        shown = [x for x in (b, t, p) if x]
+        unit = all(0 <= v <= 1 for x in shown for v in x.extent())
+        row.chart = interval_pair(b, t, Axis.fit(shown, [v for v, _ in thresholds], unit),
+                                  direction=row.direction, thresholds=thresholds, prompted=p)
         rows.append(row)
     return rows
 
@@ -342,6 +348,8 @@ def _worst(run: RunDir, suite: str, results: dict[str, dict[str, Any] | None],
     if not tuned:
         return [], [], ""
     base = {s.id: s for s in (_normalise(x) for x in _load_samples(run, "base", suite, results.get("base")))}
+    prompted = {s.id: s for s in (_normalise(x) for x in _load_samples(run, "prompted", suite,
+                                                                        results.get("prompted")))}
     flag = _flag_for(suite, kpis)
     has_tox = any(s.toxicity is not None for s in tuned)
     if flag is None and not has_tox:
@@ -368,8 +376,10 @@ def _worst(run: RunDir, suite: str, results: dict[str, dict[str, Any] | None],
                 extra.setdefault(k, str(s.raw[k]))
         base_why = "" if b is None else ", ".join(
             ([flag] if flag and flagged(b) else []) + ([f"toxicity {b.toxicity:.2f}"] if b.toxicity is not None else []))
+        p = prompted.get(s.id)
         views.append(SampleView(s.id, s.prompt, s.output or "", None if b is None else b.output, ", ".join(why) or "-",
-                                flagged(s) or (s.toxicity or 0) >= 0.5, extra, base_why))
+                                flagged(s) or (s.toxicity or 0) >= 0.5, extra, base_why,
+                                None if p is None else p.output))
     n_flagged = sum(v.flagged for v in views)
     what = (f"{flag} first" if flag else "") + (", then " if flag and has_tox else "") + \
            ("highest toxicity first" if has_tox else "")
@@ -401,10 +411,12 @@ def _kpi_rows(verdict: dict[str, Any] | None) -> list[dict[str, Any]]:
     for k in (verdict or {}).get("kpis", []):
         b = Point(k["base"], *(k.get("base_ci95") or (None, None))) if _is_num(k.get("base")) else None
         t = Point(k["tuned"], *(k.get("tuned_ci95") or (None, None))) if _is_num(k.get("tuned")) else None
+        p = Point(k["prompted"], *(k.get("prompted_ci95") or (None, None))) if _is_num(k.get("prompted")) else None
         thresholds = _thresholds(k)
-        unit = all(0 <= v <= 1 for p in (b, t) if p for v in p.extent())
-        chart = (interval_pair(b, t, Axis.fit([p for p in (b, t) if p], [v for v, _ in thresholds], unit),
-                               direction=k.get("direction"), thresholds=thresholds, width=240)
+        shown = [x for x in (b, t, p) if x]
+        unit = all(0 <= v <= 1 for x in shown for v in x.extent())
+        chart = (interval_pair(b, t, Axis.fit(shown, [v for v, _ in thresholds], unit),
+                               direction=k.get("direction"), thresholds=thresholds, width=240, prompted=p)
                  if (b or t) else Markup(""))
         status = k.get("status") or ("pass" if k.get("passed") else "fail")
         css = "pass" if status == "pass" else ("warn" if k.get("severity") == "warn" else "fail")
@@ -507,7 +519,7 @@ def build_report(run: RunDir, *, registry: bool = True) -> Report:
         description = str(result.get("description") or description)
         docs = {**docs, **{k: str(v) for k, v in (result.get("metric_notes") or {}).items()}}
         m = _metric_rows((arms.get("base") or {}).get(name) or {}, (arms.get("tuned") or {}).get(name) or {},
-                         docs, kpis, name)
+                         docs, kpis, name, (arms.get("prompted") or {}).get(name))
         bd = {arm: (results[name][arm] or {}).get("breakdowns") or {} for arm in ARMS}
         tables, counts = _breakdowns(bd["base"], bd["tuned"], docs, kpis, name)
         worst, more, note = _worst(run, name, results[name], kpis)
@@ -527,7 +539,18 @@ def build_report(run: RunDir, *, registry: bool = True) -> Report:
         verdict=verdict, verdict_error=verdict_err, verdict_note=verdict_note, kpi_rows=_kpi_rows(verdict),
         suites=suites, training=training, loss_chart=loss_chart,
         provenance=provenance if isinstance(provenance, dict) else None, eval_sources=_eval_sources(results),
-        registry=_registry(config, run, registry))
+        registry=_registry(config, run, registry), prompted=_prompted(summary, verdict))
+
+
+def _prompted(summary: Any, verdict: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The prompt-engineering arm's settings and what the policy says about it alone (None: not evaluated)."""
+    arms = summary.get("arms") if isinstance(summary, dict) else None
+    if not isinstance(arms, dict) or not arms.get("prompted"):
+        return None
+    settings = ((summary.get("arm_settings") or {}).get("prompted") or {}) if isinstance(
+        summary.get("arm_settings"), dict) else {}
+    return {"system_prompt": settings.get("system_prompt"), "not_applicable": settings.get("not_applicable") or {},
+            "alone": (verdict or {}).get("prompted_alone")}
 
 
 def _non_commercial(licence: Any) -> bool:

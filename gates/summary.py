@@ -40,6 +40,16 @@ def _delta(kpi: dict[str, Any]) -> str:
     return shown
 
 
+def _prompted_alone(alone: Any) -> list[str]:
+    """One line: would a system prompt alone (the prompted base) have passed this policy?"""
+    if not isinstance(alone, dict):
+        return []
+    if alone.get("passed"):
+        return ["", "**System prompt alone:** the prompted base would also pass every blocking KPI."]
+    failing = ", ".join(_cell(n) for n in alone.get("blocking_failures") or [])
+    return ["", f"**System prompt alone:** the prompted base would be blocked by {failing}."]
+
+
 def kpi_markdown(verdict: dict[str, Any], run_dir: str | None = None) -> str:
     kpis = verdict.get("kpis", [])
     status = "PASSED" if verdict["passed"] else "BLOCKED"
@@ -52,14 +62,19 @@ def kpi_markdown(verdict: dict[str, Any], run_dir: str | None = None) -> str:
         head += f" · policy `{policy.get('name') or policy.get('source')}`"
     if run_dir:
         head += f" · run `{run_dir}`"
+    # The prompted base (base model + safety system prompt) gets its own column when it was evaluated.
+    prompted = any(k.get("prompted") is not None for k in kpis)
     lines += [head, "",
-              "| result | KPI | metric | base | tuned (95% CI) | tuned − base (95% CI) | rules | severity |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| result | KPI | metric | base | " + ("prompted base | " if prompted else "")
+              + "tuned (95% CI) | tuned − base (95% CI) | rules | severity |",
+              "|---|---|---|---|---|---|---|---|" + ("---|" if prompted else "")]
     for k in kpis:
         lines.append(f"| {_result(k)} | {_cell(k['name'])} | `{_cell(k['metric'])}` | {_num(k.get('base'))} | "
-                     f"{_num(k.get('tuned'))}{_ci(k.get('tuned_ci95'))} | {_delta(k)} | "
+                     + (f"{_num(k.get('prompted'))} | " if prompted else "")
+                     + f"{_num(k.get('tuned'))}{_ci(k.get('tuned_ci95'))} | {_delta(k)} | "
                      f"{_cell(k.get('bound') or ', '.join(b['bound'] for b in k.get('bounds', [])))} | "
                      f"{k['severity']} |")
+    lines += _prompted_alone(verdict.get("prompted_alone"))
     for title, names in (("Blocking failures", blocking), ("Warnings", warnings)):
         failing = [k for k in kpis if k["name"] in names]
         if failing:

@@ -47,8 +47,28 @@ def preflight(config: RunConfig) -> None:
         if suite not in suite_names:
             problems.append(f"policy.kpis[{i}] ({kpi.name}): metric {kpi.metric!r} reads suite {suite!r}, "
                             f"which is not in evals.suites {sorted(suite_names)}")
+    problems += _prompted_arm_problems(config)
     if problems:
         raise PreflightError("config cannot run:\n  " + "\n  ".join(problems))
+
+
+def _prompted_arm_problems(config: RunConfig) -> list[str]:
+    """A KPI that must beat the prompted arm needs that arm evaluated, on a suite a system prompt can change."""
+    from evals.arms import PROMPTED, not_applicable
+
+    wanted = [(i, k) for i, k in enumerate(config.policy.kpis) if k.beats_arm and k.beats_arm.arm == PROMPTED]
+    if not wanted:
+        return []
+    if not config.evals.prompted_arm.enabled:
+        return [f"policy.kpis[{i}] ({k.name}): beats_arm: prompted needs evals.prompted_arm.enabled: true"
+                for i, k in wanted]
+    try:
+        skipped = not_applicable(config)
+    except KeyError:  # an unknown suite, reported above
+        return []
+    return [f"policy.kpis[{i}] ({k.name}): beats_arm: prompted on suite {k.metric.split('.', 1)[0]!r}, which the "
+            f"prompted arm does not run ({skipped[k.metric.split('.', 1)[0]]})"
+            for i, k in wanted if k.metric.split(".", 1)[0] in skipped]
 
 
 def stage_data(run: RunDir, config: RunConfig) -> StageReport:
@@ -85,11 +105,13 @@ def stage_merge(run: RunDir, config: RunConfig) -> StageReport:
     return StageReport("merge", time.time() - started, f"merged model saved to {path}")
 
 
-def stage_eval(run: RunDir, config: RunConfig, arms: tuple[str, ...] = ("base", "tuned")) -> StageReport:
+def stage_eval(run: RunDir, config: RunConfig, arms: tuple[str, ...] | None = None) -> StageReport:
+    """``arms``: default base and tuned, plus prompted when evals.prompted_arm is enabled."""
+    from evals.arms import configured_arms
     from evals.runner import evaluate_arm, write_summary
 
     started = time.time()
-    for arm in arms:
+    for arm in arms or configured_arms(config):
         evaluate_arm(run, config, arm)
     summary = write_summary(run, config)
     parts = []

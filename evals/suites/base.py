@@ -66,7 +66,14 @@ class SuiteContext:
     judge_factory: Callable[[], Judge] | None = None
     work_dir: Path | None = None
     desc: str = ""
+    system_prompt: str | None = None  # the prompted arm's; None for base and tuned
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def chat(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        """A conversation as this arm sends it: after the arm's system prompt, if any."""
+        from evals.generate import with_system_prompt
+
+        return with_system_prompt(messages, self.system_prompt)
 
     def toxicity(self):
         if "toxicity" not in self._cache:
@@ -222,13 +229,20 @@ class Suite:
     def use_chat(self, options: Any) -> bool:
         return getattr(options, "prompt_format", self.prompt_format) == "chat"
 
+    def applies_system_prompt(self, cfg: SuiteConfig) -> bool:
+        """Whether a system prompt changes what this suite measures: chat-rendered prompts only (a raw text
+        continuation or an lm-eval task has no system turn), so the prompted arm skips the others."""
+        return self.use_chat(self.options(cfg))
+
     def run(self, model, tokenizer, cfg: SuiteConfig, ctx: SuiteContext) -> SuiteResult:
         from evals.generate import generate
 
         loaded = self.load(cfg, ctx.mirror)
         options = self.options(cfg)
+        chat = self.use_chat(options)
         outputs = generate(model, tokenizer, [it.prompt for it in loaded.items], ctx.generation, k=cfg.k,
-                           chat=self.use_chat(options), seed=cfg.seed, desc=ctx.desc or self.name)
+                           chat=chat, seed=cfg.seed, desc=ctx.desc or self.name,
+                           system_prompt=ctx.system_prompt if chat else None)
         result = self.score(loaded.items, outputs, cfg, ctx)
         result.info["sources"] = loaded.sources
         return result

@@ -62,6 +62,9 @@ class LmEvalSuite(Suite):
 
     kind = "lm-eval"
 
+    def applies_system_prompt(self, cfg: SuiteConfig) -> bool:
+        return False  # lm-eval scores raw sentences: no chat turn to put a system prompt before
+
     def task_yaml(self) -> Path:
         raise NotImplementedError
 

@@ -95,7 +95,8 @@ class Helpfulness(Suite):
         info: dict[str, Any] = {"sources": loaded.sources, "max_answer_tokens": options.max_answer_tokens}
 
         if ppl_items:
-            contexts = [tokenizer.apply_chat_template(it.meta["context"], tokenize=False, add_generation_prompt=True)
+            contexts = [tokenizer.apply_chat_template(ctx.chat(it.meta["context"]), tokenize=False,
+                                                      add_generation_prompt=True)
                         for it in ppl_items]
             scores = score_continuations(model, tokenizer, contexts, [it.meta["answer"] for it in ppl_items],
                                          batch_size=ctx.generation.batch_size,
@@ -117,7 +118,7 @@ class Helpfulness(Suite):
 
         if gen_items:
             outputs = generate(model, tokenizer, [it.prompt for it in gen_items], ctx.generation, chat=True,
-                               seed=cfg.seed, desc=f"{ctx.desc or self.name} answers")
+                               seed=cfg.seed, desc=f"{ctx.desc or self.name} answers", system_prompt=ctx.system_prompt)
             judgements, info["judge"] = judge_outputs(gen_items, outputs, ctx)
             refused = [bool(j.refused) for j in judgements]
             words = [len(o[0].split()) for o in outputs]

@@ -65,7 +65,7 @@ class HHPreference(Suite):
         loaded = self.load(cfg, ctx.mirror)
         options = self.options(cfg)
         items = loaded.items
-        contexts = [tokenizer.apply_chat_template(it.meta["context"], tokenize=False, add_generation_prompt=True)
+        contexts = [tokenizer.apply_chat_template(ctx.chat(it.meta["context"]), tokenize=False, add_generation_prompt=True)
                     for it in items]
         scores = score_continuations(model, tokenizer, contexts * 2,
                                      [it.meta["chosen"] for it in items] + [it.meta["rejected"] for it in items],
