@@ -9,6 +9,7 @@ templates lack.
 from __future__ import annotations
 
 import math
+import os
 import resource
 import shutil
 import time
@@ -72,6 +73,11 @@ def read_examples(run: RunDir, method: str = "sft") -> list[dict[str, Any]]:
 
 def _common_args(run: RunDir, config: RunConfig, on_gpu: bool) -> dict[str, Any]:
     t, q = config.training, config.quantization
+    gc_kwargs: dict[str, Any] = {}
+    if t.gradient_checkpointing and t.checkpoint_every_n_layers > 1:
+        gc_kwargs["every_n_layers"] = t.checkpoint_every_n_layers
+    if t.gradient_checkpointing and t.selective_checkpointing:
+        gc_kwargs["selective"] = True  # TRL's SAC: SFTTrainer strips the key and wraps the checkpoint function
     return dict(
         output_dir=str(run.checkpoints_dir),
         max_steps=t.max_steps,
@@ -88,6 +94,9 @@ def _common_args(run: RunDir, config: RunConfig, on_gpu: bool) -> dict[str, Any]
         seed=t.seed,
         max_length=t.max_seq_length,
         gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs=gc_kwargs or None,
+        optim=t.optimizer,
+        torch_compile=t.torch_compile,
         bf16=on_gpu and q.compute_dtype == "bfloat16",
         fp16=on_gpu and q.compute_dtype == "float16",
         use_cpu=not on_gpu,
@@ -101,6 +110,10 @@ def build_trainer(run: RunDir, config: RunConfig, model, tokenizer, examples: li
     from datasets import Dataset
 
     method = config.training.method
+    if config.training.packing != "none" and method != "sft":
+        raise ValueError(f"training.packing: {config.training.packing} works with method: sft only, not {method!r}")
+    if config.training.use_liger_kernel:
+        _require_liger(on_gpu)
     common = _common_args(run, config, on_gpu)
     dataset = Dataset.from_list(examples)
     if method == "dpo":
@@ -118,9 +131,47 @@ def build_trainer(run: RunDir, config: RunConfig, model, tokenizer, examples: li
                            peft_config=lora_config(config))
     from trl import SFTConfig, SFTTrainer
 
-    args = SFTConfig(**common, completion_only_loss=True, include_num_input_tokens_seen="non_padding")
-    return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                      peft_config=lora_config(config))
+    t = config.training
+    packed = t.packing == "padding_free"
+    # packing_strategy bfd turns on TRL's padding-free collator (one flat row per batch); the rows layout
+    # swaps in align.packing's collator after construction, since TRL refuses a custom one with padding-free.
+    args = SFTConfig(**common, completion_only_loss=True, include_num_input_tokens_seen="non_padding",
+                     packing=packed, packing_strategy="bfd", use_liger_kernel=t.use_liger_kernel)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=lora_config(config))
+    if packed and t.packing_layout == "rows":
+        from align.packing import PackedRowsCollator
+
+        trainer.data_collator = PackedRowsCollator(pad_token_id=tokenizer.pad_token_id)
+    return trainer
+
+
+def _require_liger(on_gpu: bool) -> None:
+    if not on_gpu:
+        raise ValueError("training.use_liger_kernel needs a CUDA GPU (Liger's kernels are Triton); set it to false "
+                         "for CPU runs")
+    try:
+        import liger_kernel  # noqa: F401
+    except ImportError:
+        raise ValueError("training.use_liger_kernel: the liger-kernel package is not installed "
+                         "(`pip install liger-kernel`; on the GPU image scripts/gpu/stage_bench.sh stages it)") from None
+
+
+def load_training_model(config: RunConfig, on_gpu: bool):
+    """The base model as training uses it: 4-bit (if configured) on this process's GPU, or float32 on the CPU.
+
+    Under ``accelerate launch`` every rank loads its own copy onto its own device (LOCAL_RANK), as DDP with a
+    bitsandbytes model needs."""
+    model = load_causal_lm(
+        config.model.base, revision=config.model.revision,
+        dtype=config.quantization.compute_dtype if on_gpu else "float32",
+        quantization_config=bnb_config(config.quantization),
+        device_map={"": int(os.environ.get("LOCAL_RANK", 0))} if on_gpu else None,
+    )
+    model.config.use_cache = False
+    if config.training.attn_implementation:
+        model.set_attn_implementation(config.training.attn_implementation)
+    return model
 
 
 def _peak_memory_bytes(on_gpu: bool) -> dict[str, int]:
@@ -139,13 +190,7 @@ def train(run: RunDir, config: RunConfig, *, resume: bool = True) -> dict[str, A
     on_gpu = torch.cuda.is_available()
     examples = read_examples(run, config.training.method)
     tokenizer = load_tokenizer(config.model.base, revision=config.model.revision)
-    model = load_causal_lm(
-        config.model.base, revision=config.model.revision,
-        dtype=config.quantization.compute_dtype if on_gpu else "float32",
-        quantization_config=bnb_config(config.quantization),
-        device_map={"": 0} if on_gpu else None,
-    )
-    model.config.use_cache = False
+    model = load_training_model(config, on_gpu)
     trainer = build_trainer(run, config, model, tokenizer, examples, on_gpu)
     # A model from from_pretrained starts in eval mode; without train() gradient checkpointing stays off.
     trainer.model.train()
