@@ -2,7 +2,7 @@
 
 Endpoints: ``POST /v1/chat/completions`` (JSON or server-sent events), ``GET /v1/models``, ``/healthz``
 (liveness), ``/readyz`` (503 while nothing valid is served), ``/metrics`` (Prometheus), ``/dashboard`` (the
-latest report). ``/v1/*`` and ``/dashboard`` need a bearer key when keys are configured.
+latest report), ``/openapi.json`` (serve/openapi.py). ``/v1/*`` and ``/dashboard`` need a bearer key when keys are configured.
 
 Prompts and replies are never logged unless ``service.log_prompts`` is on (they may hold user data or harmful
 text); by default only ids, token counts, moderation scores and timings are.
@@ -26,17 +26,20 @@ from harmgate.config import ServiceConfig
 from serve import responses as R
 from serve.auth import ApiKeys
 from serve.batcher import BatcherClosed, QueueFull
+from serve.completion_log import owner_id
 from serve.dashboard import Dashboard
 from serve.engine import CANCELLED, ERROR, SamplingParams, Ticket
 from serve.metrics import Metrics
 from serve.moderation import ModerationResult, Moderator
+from serve.openapi import OPENAPI_PATH, openapi_document
 from serve.schemas import ChatRequest, first_error
 from serve.slot import ModelSlot, Served
 
 log = logging.getLogger("harmgate.serve")
 PROTECTED = ("/v1/", "/dashboard")
-ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/models": "models", "/healthz": "healthz", "/readyz": "readyz",
-             "/metrics": "metrics", "/dashboard": "dashboard"}
+ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/feedback": "feedback",
+             "/v1/models": "models", "/healthz": "healthz", "/readyz": "readyz",
+             "/metrics": "metrics", "/dashboard": "dashboard", OPENAPI_PATH: "openapi"}
 # The report is self-contained (inline CSS and SVG, no scripts) and shows model text: nothing in it may run,
 # load or send anything.
 DASHBOARD_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; font-src data:; "
@@ -53,6 +56,7 @@ class Runtime:
     keys: ApiKeys
     metrics: Metrics
     dashboard: Dashboard
+    feedback: Any = None  # serve.feedback.FeedbackService when service.feedback.enabled: completion log + route
 
 
 class RequestProblem(Exception):
@@ -122,6 +126,12 @@ def create_app(rt: Runtime) -> Flask:
             return jsonify({"status": "unavailable", "reason": reason}), 503
         return jsonify({"status": "ready", "model": served.label, "queued": served.batcher.waiting})
 
+    document = openapi_document(service, protected=PROTECTED)
+
+    @app.get(OPENAPI_PATH)
+    def openapi():
+        return jsonify(document)
+
     @app.get("/metrics")
     def prometheus():
         data, content_type = metrics.render()
@@ -158,12 +168,13 @@ def create_app(rt: Runtime) -> Flask:
     @app.post("/v1/chat/completions")
     def chat_completions():
         rid, started = f"chatcmpl-{uuid.uuid4().hex}", g.started
+        owner = owner_id(request.headers.get("Authorization"))  # who may give feedback on this completion
         req = _parse(request)
         served, ticket = _start(req)
         created = int(time.time())
         if req.stream:
             g.streaming = True
-            return Response(_stream(rid, created, started, req, served, ticket),
+            return Response(_stream(rid, created, started, req, served, ticket, owner),
                             content_type="text/event-stream; charset=utf-8",
                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         ticket.wait()
@@ -171,7 +182,8 @@ def create_app(rt: Runtime) -> Flask:
         gen = served.engine.result(ticket)
         verdict = moderator.check(gen.text)
         content, finish = (moderator.refusal, R.CONTENT_FILTER) if verdict.flagged else (gen.text, gen.finish_reason)
-        _account(rid, started, served, ticket, verdict, stream=False, finish=finish, text=gen.text, req=req)
+        _account(rid, started, served, ticket, verdict, stream=False, finish=finish, text=gen.text, req=req,
+                 owner=owner)
         return jsonify(R.completion(rid=rid, created=created, model=served.label, content=content,
                                     finish_reason=finish, moderation=verdict, prompt_tokens=gen.prompt_tokens,
                                     completion_tokens=gen.completion_tokens))
@@ -225,7 +237,7 @@ def create_app(rt: Runtime) -> Flask:
             raise RequestProblem(500, "generation failed", kind="server_error")
 
     def _stream(rid: str, created: int, started: float, req: ChatRequest, served: Served,
-                ticket: Ticket) -> Iterator[bytes]:
+                ticket: Ticket, owner: str) -> Iterator[bytes]:
         # Runs after the view returned, outside the request context: no flask.g/request in here.
         label, gate, engine = served.label, moderator.gate(), served.engine
         blocked: ModerationResult | None = None
@@ -278,13 +290,13 @@ def create_app(rt: Runtime) -> Flask:
             metrics.latency.labels("chat").observe(time.perf_counter() - started)
             if finish not in (ERROR, "disconnected", CANCELLED):
                 _account(rid, started, served, ticket, blocked or gate.last, stream=True, finish=finish, text=text,
-                         req=req)
+                         req=req, owner=owner)
             else:
                 log.info("%s stream ended early (%s) model=%s completion_tokens=%d", rid, finish, label,
                          ticket.completion_tokens)
 
     def _account(rid: str, started: float, served: Served, ticket: Ticket, verdict: ModerationResult | None, *,
-                 stream: bool, finish: str, text: str, req: ChatRequest) -> None:
+                 stream: bool, finish: str, text: str, req: ChatRequest, owner: str) -> None:
         metrics.tokens.labels("prompt").inc(len(ticket.prompt_ids))
         metrics.tokens.labels("completion").inc(ticket.completion_tokens)
         if ticket.started_at is not None:
@@ -305,6 +317,13 @@ def create_app(rt: Runtime) -> Flask:
                  (ticket.started_at or ticket.queued_at) - ticket.queued_at, total)
         if service.log_prompts:  # opt-in only: prompts and replies may be personal data or harmful text
             log.info("%s prompt=%r reply=%r", rid, [m.model_dump() for m in req.messages], text)
+        if rt.feedback is not None:  # opt-in too (service.feedback.enabled): the text the client received
+            flagged = bool(verdict is not None and verdict.flagged)
+            rt.feedback.record_completion(rid=rid, version=served.version,
+                                          messages=[m.model_dump() for m in req.messages],
+                                          reply=moderator.refusal if flagged else text, finish_reason=finish,
+                                          moderated=flagged, owner=owner, prompt_tokens=len(ticket.prompt_ids),
+                                          completion_tokens=ticket.completion_tokens)
 
     @app.errorhandler(RequestProblem)
     def request_problem(err: RequestProblem):
@@ -323,4 +342,6 @@ def create_app(rt: Runtime) -> Flask:
         log.exception("internal error (%s)", type(err).__name__)
         return _error(500, "internal error", kind="server_error")
 
+    if rt.feedback is not None:
+        rt.feedback.register(app)  # POST /v1/feedback (serve/feedback.py)
     return app

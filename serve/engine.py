@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 # Finish reasons a ticket can end with. "cancelled" carries a reason (client gone, version revoked...).
 STOP, LENGTH, CANCELLED, ERROR = "stop", "length", "cancelled", "error"
+MIN_SAMPLING_TEMPERATURE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -28,9 +29,15 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
 
     @property
+    def sampled(self) -> bool:
+        """Below MIN_SAMPLING_TEMPERATURE decoding is greedy: the distribution is already the argmax, and
+        dividing logits by e.g. 1e-300 overflows to inf and makes sampling fail for the whole batch."""
+        return self.temperature >= MIN_SAMPLING_TEMPERATURE
+
+    @property
     def batch_key(self) -> tuple[bool, float, float]:
         """Requests share a ``generate`` call only with the same sampling settings (they apply batch-wide)."""
-        if self.temperature <= 0:
+        if not self.sampled:
             return (False, 0.0, 1.0)
         return (True, self.temperature, self.top_p)
 
@@ -224,7 +231,7 @@ class Engine:
         kwargs: dict[str, Any] = {"max_new_tokens": max(t.params.max_new_tokens for t in live),
                                   "eos_token_id": sorted(self.eos_ids), "pad_token_id": self.pad_id,
                                   "stopping_criteria": StoppingCriteriaList([_Rows()])}
-        if params.temperature > 0:
+        if params.sampled:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=None)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)

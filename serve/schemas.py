@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 
 
 class ChatMessage(BaseModel):
@@ -14,6 +14,17 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "user", "assistant"]
     content: str
+
+    @field_validator("content")
+    @classmethod
+    def _encodable(cls, v: str) -> str:
+        # JSON may carry a lone UTF-16 surrogate ("\ud800"): valid JSON, but no tokenizer can encode it.
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(f"contains an unpaired UTF-16 surrogate at character {err.start}; send valid "
+                             f"Unicode text") from None
+        return v
 
 
 class StreamOptions(BaseModel):
@@ -28,9 +39,13 @@ class ChatRequest(BaseModel):
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0: greedy, as in the safety evals")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 (anything below 0.001): greedy, as in the safety evals")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
+    # The schema states what _stops enforces, so the OpenAPI document (serve/openapi.py) has the same limits.
+    stop: Annotated[str | list[str] | None, WithJsonSchema({"anyOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 4},
+        {"type": "null"}]})] = None
     stream: bool = Field(False, description="server-sent events, OpenAI chunk format, ending with data: [DONE]")
     stream_options: StreamOptions | None = None
     n: Literal[1] = 1
