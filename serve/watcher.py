@@ -8,6 +8,10 @@ Every ``registry_poll_s`` seconds (one background thread per process):
    it is downloaded, verified (every sha256 and the signature, as at startup) and loaded *in this thread* while
    the current version keeps answering, then installed in one step.
 
+A version seen revoked stays refused for the life of the process, even if its ``revoked.json`` later disappears
+(only a bucket writer can delete it; the approval's HMAC does not cover revocation). A version whose approval
+does not verify (forged, or its manifest swapped) is logged once and never loaded.
+
 If the store cannot be reached, nothing changes: the current version keeps being served (it was verified when
 loaded), the failure is logged once per outage and counted. A version that fails to load is not retried until
 the registry lists it differently (e.g. re-approved), so a bad upload does not cause a reload loop.
@@ -51,6 +55,8 @@ class RegistryWatcher:
         self.interval_s = interval_s
         self.metrics = metrics
         self._failed: dict[str, str] = {}  # version -> the listing row it failed with (as text)
+        self._revoked: dict[str, str] = {}  # version -> why: once revoked, refused until the process ends
+        self._warned: set[tuple[str, str]] = set()  # (version, signature state) already logged
         self._store_down = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -74,8 +80,7 @@ class RegistryWatcher:
 
     def poll_once(self) -> None:
         try:
-            rows = {r["version"]: r for r in self.registry.list_versions(self.name)}
-            target = self.pinned or self.registry.latest_approved(self.name)
+            rows = {r["version"]: r for r in self.registry.list_versions(self.name)}  # oldest first
         except RegistryError as err:
             self.metrics.registry_poll_errors.inc()
             if not self._store_down:
@@ -88,8 +93,11 @@ class RegistryWatcher:
             log.info("registry reachable again")
             self._store_down = False
 
+        self._remember(rows)
+        servable = [v for v, row in rows.items() if self._unservable(v, row) is None]
+        target = self.pinned or (servable[-1] if servable else None)
         served, _ = self.slot.get()
-        if served is not None and (problem := unservable(rows.get(served.version))):
+        if served is not None and (problem := self._unservable(served.version, rows.get(served.version))):
             reason = f"{served.label} {problem}"
             self.slot.withdraw(reason)
             self.metrics.model_events.labels("withdrawn").inc()
@@ -97,7 +105,7 @@ class RegistryWatcher:
             self.metrics.model_info.labels(served.model.name, served.version, served.model.manifest_sha256).set(0)
             log.error("stopped serving: %s", reason)
             served = None
-        if target is None or (self.pinned and unservable(rows.get(target))):
+        if target is None or (self.pinned and self._unservable(target, rows.get(target))):
             if served is None:
                 self.slot.set_reason(self._nothing_to_serve(rows))
             return
@@ -123,8 +131,29 @@ class RegistryWatcher:
         log.info("now serving %s (manifest sha256 %s)%s", new.label, model.manifest_sha256,
                  f", replacing {old.label}" if old else "")
 
+    def _unservable(self, version: str, row: dict[str, Any] | None) -> str | None:
+        if version in self._revoked:
+            return f"was revoked: {self._revoked[version]}"
+        return unservable(row)
+
+    def _remember(self, rows: dict[str, dict[str, Any]]) -> None:
+        """Make revocations sticky; log each version whose approval does not verify, once per state."""
+        for version, row in rows.items():
+            if row.get("revoked") and version not in self._revoked:
+                self._revoked[version] = row.get("revoked_reason") or "no reason given"
+            elif not row.get("revoked") and version in self._revoked and (version, "unrevoked") not in self._warned:
+                self._warned.add((version, "unrevoked"))
+                log.error("refusing %s:%s: it was revoked (%s) and its revocation record has since disappeared "
+                          "from the registry", self.name, version, self._revoked[version])
+            state = row.get("signature")
+            if state not in ("valid", "unverified") and (version, state) not in self._warned:
+                self._warned.add((version, state))
+                log.warning("ignoring %s:%s: its approval is %s (never served; a forged approval or a manifest "
+                            "changed after approval reads as invalid)", self.name, version, state)
+
     def _nothing_to_serve(self, rows: dict[str, dict[str, Any]]) -> str:
         _, reason = self.slot.get()
         if self.pinned:
-            return reason or f"pinned version {self.name}:{self.pinned} {unservable(rows.get(self.pinned))}"
+            return reason or f"pinned version {self.name}:{self.pinned} " \
+                             f"{self._unservable(self.pinned, rows.get(self.pinned))}"
         return reason or f"no approved, unrevoked version of {self.name} in the registry"
