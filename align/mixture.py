@@ -6,7 +6,8 @@ Example (TRL's conversational prompt-completion shape; loss on the final reply o
      "source": "Anthropic/hh-rlhf"}
 
 Pipeline, per source in config order: read rows (``limit``) -> convert (hh: the ``field`` transcript;
-instruction: instruction/input/output[/history]) -> drop eval leaks -> drop duplicates (global, first source
+instruction: instruction/input/output[/history]; pointwise: {messages, reply, label}, e.g. production feedback
+from `harmgate feedback export`, each row with its own label) -> drop eval leaks -> drop duplicates (global, first source
 wins). Every dropped row is counted under a reason in the manifest; nothing is dropped silently.
 
 Sampling rule:
@@ -68,6 +69,8 @@ def row_to_example(row: dict[str, Any], source: DataSource) -> dict[str, Any]:
     """One raw row -> example; raises a RowError (with ``reason``) when the row cannot be used."""
     if source.format == "hh" and source.field == "pair":
         return _pair_example(row, source)
+    if source.format == "pointwise":
+        return _pointwise_example(row, source)
     if source.format == "hh":
         if source.field not in row:
             raise TranscriptError("missing_field", f"row has no {source.field!r} transcript")
@@ -84,6 +87,25 @@ def _pair_example(row: dict[str, Any], source: DataSource) -> dict[str, Any]:
     if normalise(chosen["content"]) == normalise(rejected["content"]):
         raise TranscriptError("pair_identical", "chosen and rejected replies are the same")
     return {"prompt": prompt, "chosen": [chosen], "rejected": [rejected], "source": source.id}
+
+
+def _pointwise_example(row: dict[str, Any], source: DataSource) -> dict[str, Any]:
+    """``{messages (ending with a user turn), reply, label: positive|negative, id?}`` -> a labelled example."""
+    messages, reply, label = row.get("messages"), row.get("reply"), row.get("label")
+    if label not in ("positive", "negative"):
+        raise TranscriptError("bad_label", f"label must be 'positive' or 'negative', got {label!r}")
+    if not isinstance(reply, str) or not reply.strip():
+        raise TranscriptError("empty_reply", "no reply text")
+    if (not isinstance(messages, list) or not messages
+            or not all(isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+                       and isinstance(m.get("content"), str) for m in messages)
+            or messages[-1]["role"] != "user"):
+        raise TranscriptError("bad_messages", "messages must be a list of {role, content} ending with a user turn")
+    example = {"prompt": [{"role": m["role"], "content": m["content"]} for m in messages],
+               "completion": [{"role": "assistant", "content": reply}], "label": label, "source": source.id}
+    if isinstance(row.get("id"), str):
+        example["id"] = row["id"]  # provenance: which feedback record (data manifest row_ids)
+    return example
 
 
 def first_user_turn(example: dict[str, Any]) -> str:
@@ -155,8 +177,10 @@ def build_mixture(data: DataConfig, *, eval_prompts: Iterable[str] = ()) -> Mixt
     seen: set[str] = set()
     pools: list[list[dict[str, Any]]] = []
     entries: list[dict[str, Any]] = []
+    raw_paths: list[str | None] = []
     for source in data.sources:
         raw: SourceRows = read_source(source, mirror=data.mirror)
+        raw_paths.append(raw.origin.get("path"))
         skipped: Counter[str] = Counter(raw.skipped)
         pool: list[dict[str, Any]] = []
         for row in raw.rows:
@@ -179,7 +203,7 @@ def build_mixture(data: DataConfig, *, eval_prompts: Iterable[str] = ()) -> Mixt
         pools.append(pool)
         entries.append({
             "id": source.id, "format": source.format, "field": source.field if source.format == "hh" else None,
-            "label": source.label if source.field != "pair" else None,
+            "label": source.label if source.field != "pair" and source.format != "pointwise" else None,
             "data_dir": source.data_dir, "split": source.split, "resolved": raw.origin,
             "licence": licence, "licence_origin": licence_origin, "weight": source.weight, "limit": source.limit,
             "rows_read": raw.rows_read, "usable": len(pool), "target": None, "used": 0, "short_by": 0,
@@ -211,6 +235,8 @@ def build_mixture(data: DataConfig, *, eval_prompts: Iterable[str] = ()) -> Mixt
         picked = sorted(rng.sample(range(len(pool)), k)) if k < len(pool) else range(len(pool))
         examples.extend(pool[j] for j in picked)
         entry["used"] = k
+        if source.format == "pointwise":
+            _pointwise_provenance(entry, [pool[j] for j in picked], raw_paths[i])
     random.Random(f"{data.seed}:shuffle").shuffle(examples)
 
     total_skipped: Counter[str] = Counter()
@@ -230,6 +256,19 @@ def build_mixture(data: DataConfig, *, eval_prompts: Iterable[str] = ()) -> Mixt
         "notes": notes,
     }
     return Mixture(examples=examples, manifest=manifest)
+
+
+def _pointwise_provenance(entry: dict[str, Any], used: list[dict[str, Any]], path: str | None) -> None:
+    """Which rows went in (their ids) and, for a feedback export, its manifest: the registry manifest of the model
+    trained on it then says which production feedback it learnt from."""
+    from align.feedback import export_summary
+
+    entry["labels_used"] = dict(sorted(Counter(ex["label"] for ex in used).items()))
+    entry["row_ids"] = sorted(ex["id"] for ex in used if "id" in ex)
+    if path:
+        summary = export_summary(Path(path))
+        if summary is not None:
+            entry["feedback_export"] = summary
 
 
 def write_mixture(mixture: Mixture, run: RunDir) -> None:

@@ -28,6 +28,8 @@ from evals.suites_cli import suites_app  # noqa: E402  (imports nothing heavy; s
 app.add_typer(suites_app, name="suites")
 from evals.scorer_cli import scorer_app  # noqa: E402  (typer + rich only; torch loads on use)
 app.add_typer(scorer_app, name="scorer")
+from harmgate.feedback_cli import feedback_app  # noqa: E402  (typer only; boto3 loads on use)
+app.add_typer(feedback_app, name="feedback")
 
 console = Console(stderr=False)
 

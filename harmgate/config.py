@@ -118,7 +118,8 @@ class DataSource(_Section):
                              "set label: negative (ulma) or field: chosen")
         if self.field == "pair" and self.format != "hh":
             raise ValueError(f"source {self.id!r}: field: pair needs format: hh (chosen + rejected transcripts)")
-        if self.format == "pointwise" and {"field", "label"} & self.model_fields_set:
+        # Defaults pass: a frozen config (every field dumped) must load again.
+        if self.format == "pointwise" and (self.field != "chosen" or self.label != "positive"):
             raise ValueError(f"source {self.id!r}: pointwise rows carry their own label; remove field/label")
         return self
 

@@ -93,10 +93,14 @@ class ServiceHandle:
 
     def start_background(self) -> None:
         self.watcher.start()
+        if self.runtime.feedback is not None:
+            self.runtime.feedback.start()  # uploads what a previous run left in the spool, then flushes
 
     def close(self) -> None:
         self.watcher.stop()
         self.runtime.slot.withdraw("shutting down")
+        if self.runtime.feedback is not None:
+            self.runtime.feedback.close()  # uploads the waiting records (kept on disk if the store is down)
 
 
 def build_service(config: RunConfig, *, bind_host: str, scorer: TextScorer | None = None,
@@ -137,9 +141,18 @@ def build_service(config: RunConfig, *, bind_host: str, scorer: TextScorer | Non
     watcher = RegistryWatcher(registry=registry, name=model.name, pinned=service.version,
                               cache_dir=Path(service.cache_dir), slot=slot, load=load,
                               interval_s=service.registry_poll_s, metrics=metrics)
+    feedback = None
+    if service.feedback.enabled:
+        from serve.feedback import FeedbackService
+
+        try:
+            feedback = FeedbackService.build(service.feedback, registry, model.name)
+        except OSError as err:
+            raise StartupError(f"cannot use service.feedback.spool_dir {service.feedback.spool_dir}: {err}") from None
     runtime = Runtime(service=service, slot=slot, moderator=moderator, keys=keys, metrics=metrics,
-                      dashboard=Dashboard(service.dashboard_path, registry))
-    log.info("serving %s (manifest sha256 %s) from %s; moderation: %s above %.2f; %s", served.label,
+                      dashboard=Dashboard(service.dashboard_path, registry), feedback=feedback)
+    log.info("serving %s (manifest sha256 %s) from %s; moderation: %s above %.2f; %s; feedback %s", served.label,
              model.manifest_sha256, model.local_dir, moderator.name, moderator.threshold,
-             f"{len(keys)} API key(s)" if keys.enabled else "no API keys (loopback only)")
+             f"{len(keys)} API key(s)" if keys.enabled else "no API keys (loopback only)",
+             f"on (completions and ratings recorded, spool {service.feedback.spool_dir})" if feedback else "off")
     return ServiceHandle(create_app(runtime), runtime, watcher)

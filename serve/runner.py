@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from harmgate.config import ConfigError, load_config
@@ -28,6 +29,8 @@ def serve_main(config_path: str, host: str | None = None, port: int | None = Non
         log.error("refusing to start: %s", err)
         return REFUSED
     handle.start_background()
+    # SIGTERM (a supervisor's stop) ends the server like Ctrl-C, so close() uploads the waiting feedback records.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         handle.app.run(host=bind_host, port=port or config.service.port, threaded=True)
     finally:

@@ -8,6 +8,7 @@ stops gunicorn (exit 3).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 
@@ -40,4 +41,7 @@ def create_app_from_env() -> Flask:
         log.error("refusing to start: %s", err)
         raise
     handle.start_background()
+    # A worker that exits (SIGTERM, max_requests) uploads its waiting feedback records; one that is killed leaves
+    # them fsynced in the spool, and the next worker's start uploads them.
+    atexit.register(handle.close)
     return handle.app
