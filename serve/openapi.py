@@ -112,6 +112,16 @@ class NotReady(_Body):
     reason: str
 
 
+class FeedbackReceipt(_Body):
+    id: str
+    object: Literal["feedback"]
+    completion_id: str
+    rating: Literal["good", "bad"]
+    category: str | None
+    model: str
+    created: str
+
+
 # -- operations ------------------------------------------------------------------------------------------------
 ERRORS = {400: "invalid request (the message names the field)", 401: "missing or invalid API key",
           404: "not found", 413: "body over service.max_body_bytes", 429: "queue full, retry later",
@@ -143,6 +153,17 @@ OPERATIONS: tuple[Operation, ...] = (
 )
 
 
+def optional_operations(service: ServiceConfig) -> tuple[Operation, ...]:
+    """Routes that exist only when their feature is switched on: POST /v1/feedback (serve/feedback.py)."""
+    if not service.feedback.enabled:
+        return ()
+    from serve.feedback import FEEDBACK_PATH, FeedbackRequest
+
+    return (Operation("post", FEEDBACK_PATH, "Rate (good/bad) a completion this service returned to the same key",
+                      {201: FeedbackReceipt, 400: None, 401: None, 404: None, 429: None, 503: None},
+                      request=FeedbackRequest, tags=("feedback",)),)
+
+
 def _ref(model: type[BaseModel], components: dict[str, Any]) -> dict[str, str]:
     schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
     for name, sub in schema.pop("$defs", {}).items():
@@ -169,7 +190,7 @@ def openapi_document(service: ServiceConfig, *, protected: tuple[str, ...], vers
     """The document for this service's settings (limits such as max_tokens come from ``service``)."""
     components: dict[str, Any] = {}
     paths: dict[str, dict[str, Any]] = {}
-    for op in OPERATIONS:
+    for op in (*OPERATIONS, *optional_operations(service)):
         entry: dict[str, Any] = {"summary": op.summary, "operationId": f"{op.method}_{op.path.strip('/')}"
                                  .replace("/", "_").replace(".", "_"), "tags": list(op.tags),
                                  "responses": {str(s): _response(s, spec, components, op)

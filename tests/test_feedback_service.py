@@ -199,3 +199,16 @@ def test_a_fresh_process_finds_uploaded_completions_in_the_store(live, tmp_path)
     found = fresh.lookup(rid)
     assert found is not None and found["messages"][0]["content"] == "Remember me"
     assert fresh.lookup("chatcmpl-" + "f" * 32) is None
+
+
+def test_the_openapi_document_describes_the_feedback_route_when_it_is_on(live):
+    from serve.openapi import FeedbackReceipt
+
+    doc = requests.get(f"{live.url}/openapi.json", timeout=30).json()
+    op = doc["paths"]["/v1/feedback"]["post"]
+    assert op["security"] == [{"bearer": []}] and set(op["responses"]) == {"201", "400", "401", "404", "429", "503"}
+    request_schema = doc["components"]["schemas"]["FeedbackRequest"]
+    assert request_schema["additionalProperties"] is False and set(request_schema["required"]) == {"completion_id",
+                                                                                                  "rating"}
+    rid = live.chat("Document me").json()["id"]
+    FeedbackReceipt.model_validate(live.feedback({"completion_id": rid, "rating": "good"}).json())
