@@ -96,6 +96,8 @@ def _common_args(run: RunDir, config: RunConfig, on_gpu: bool) -> dict[str, Any]
         gradient_checkpointing=t.gradient_checkpointing,
         gradient_checkpointing_kwargs=gc_kwargs or None,
         optim=t.optimizer,
+        # Every LoRA weight takes part in every step; DDP's unused-parameter search would only cost time.
+        ddp_find_unused_parameters=False,
         torch_compile=t.torch_compile,
         bf16=on_gpu and q.compute_dtype == "bfloat16",
         fp16=on_gpu and q.compute_dtype == "float16",
@@ -225,9 +227,28 @@ def _count_4bit_layers(model) -> int:
 
 
 def _last_checkpoint(checkpoints: Path) -> Path | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest *complete* checkpoint. The Trainer writes trainer_state.json last (and not atomically), so a
+    run killed while saving leaves a folder without it, or with half of it; transformers' get_last_checkpoint
+    would pick that folder and the resume would fail. Such folders are deleted (the step is trained again)."""
+    import json
+    import logging
 
-    return Path(get_last_checkpoint(str(checkpoints))) if checkpoints.is_dir() and get_last_checkpoint(str(checkpoints)) else None
+    from transformers.trainer import TRAINER_STATE_NAME
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    if not checkpoints.is_dir():
+        return None
+    found = [(int(d.name.rsplit("-", 1)[1]), d) for d in checkpoints.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+             if d.is_dir() and d.name.rsplit("-", 1)[1].isdigit()]
+    for _, folder in sorted(found, reverse=True):
+        try:
+            json.loads((folder / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+            return folder
+        except (OSError, ValueError) as err:
+            logging.getLogger("harmgate.train").warning(
+                "deleting incomplete checkpoint %s (killed while it was saved: %s)", folder, type(err).__name__)
+            shutil.rmtree(folder)
+    return None
 
 
 # Method-specific signals worth keeping beside the loss (ULMA's two terms, DPO's reward margins).
