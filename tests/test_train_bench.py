@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -83,3 +84,35 @@ def test_ablation_mode_runs_each_lever_in_its_group(tmp_path):
     statuses = {r["label"]: r["status"] for r in report["runs"]}
     assert statuses["harmgate (all levers)"] == "ok" and statuses["- rows layout (TRL's flat row)"] == "ok"
     assert report["ablation"]["harmgate (all levers)"]["vs_all_levers"] == 1.0
+
+
+@pytest.mark.slow
+def test_loss_curves_packed_vs_unpacked_on_hh_data(tmp_path, tiny_model_dir, shared_data):
+    """bench/loss_curves.py on the tiny model and real HH rows: three runs, one held-out set, JSON (+ PNG)."""
+    import os
+
+    out = tmp_path / "lc.json"
+    env = {**os.environ, "HARMGATE_DATA_MIRROR": str(shared_data)}
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "loss_curves.py"), "--model", str(tiny_model_dir),
+                           "--examples", "120", "--batch", "8", "--max-length", "256", "--max-steps", "3",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=REPO_ROOT, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    runs = report["runs"]
+    assert set(runs) == {"unpacked", "packed", "unpacked, seed+1"}
+    assert runs["packed"]["packing"] == "padding_free" and runs["unpacked"]["packing"] == "none"
+    # one held-out set for all: the same examples and completion tokens are scored
+    assert len({(r["heldout"]["tokens"], r["heldout"]["examples"]) for r in runs.values()}) == 1
+    assert runs["unpacked"]["heldout"]["tokens"] > 0
+    for r in runs.values():
+        assert r["curve"] and all(math.isfinite(p["loss"]) for p in r["curve"])
+        assert [p["tokens"] for p in r["curve"]] == sorted(p["tokens"] for p in r["curve"])
+    # packed rows carry more samples per step, so the packed run uses fewer rows per step
+    assert runs["packed"]["batch"] < runs["unpacked"]["batch"]
+    assert "heldout_packed_minus_unpacked" in report["comparison"] and "heldout_seed_noise" in report["comparison"]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert report["png"] is None
+    else:
+        assert report["png"] and out.with_suffix(".png").stat().st_size > 10_000
