@@ -186,6 +186,13 @@ def _response(status: int, spec: Any, components: dict[str, Any], op: Operation)
     return {"description": "OK" if status < 300 else ERRORS.get(status, "see schema"), "content": content}
 
 
+def _constrain(components: dict[str, Any], model: str, prop: str, json_type: str, **constraints: Any) -> None:
+    schema = components.get(model, {}).get("properties", {}).get(prop)
+    for option in (schema.get("anyOf", [schema]) if schema is not None else []):
+        if option.get("type") == json_type:
+            option.update(constraints)
+
+
 def openapi_document(service: ServiceConfig, *, protected: tuple[str, ...], version: str = "1") -> dict[str, Any]:
     """The document for this service's settings (limits such as max_tokens come from ``service``)."""
     components: dict[str, Any] = {}
@@ -201,11 +208,9 @@ def openapi_document(service: ServiceConfig, *, protected: tuple[str, ...], vers
             entry["requestBody"] = {"required": True, "content": {
                 "application/json": {"schema": _ref(op.request, components)}}}
         paths.setdefault(op.path, {})[op.method] = entry
-    chat = components.get("ChatRequest", {}).get("properties", {}).get("max_tokens")
-    if chat is not None:  # this service's own limit (a larger max_tokens is a 400)
-        for option in chat.get("anyOf", [chat]):
-            if option.get("type") == "integer":
-                option["maximum"] = service.max_new_tokens
+    # This service's own settings, which the routes enforce (a larger max_tokens, another category: 400).
+    _constrain(components, "ChatRequest", "max_tokens", "integer", maximum=service.max_new_tokens)
+    _constrain(components, "FeedbackRequest", "category", "string", enum=list(service.feedback.categories))
     return {
         "openapi": "3.1.0",
         "info": {"title": "harmgate service", "version": version,

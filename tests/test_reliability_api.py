@@ -16,8 +16,8 @@ from schemathesis.checks import positive_data_acceptance
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harmgate.config import StoreConfig
-from serve.openapi import OPENAPI_PATH, OPERATIONS
+from harmgate.config import ServiceConfig, StoreConfig
+from serve.openapi import OPENAPI_PATH, OPERATIONS, optional_operations
 from serve.schemas import ChatRequest
 from tests.reliability_support import CHAT, live_service, service_config
 from tests.store_fixtures import SIGNING_KEY
@@ -26,6 +26,8 @@ from tests.test_serve import publish
 API_KEY = "fuzz-key-" + secrets.token_hex(16)
 NAME = "fuzz-api"
 PUBLIC = {"/healthz", "/readyz", "/metrics", OPENAPI_PATH}  # probes, scrapers and the API description
+# Every route, the optional ones switched on (the fixture's service enables feedback).
+ALL_OPERATIONS = (*OPERATIONS, *optional_operations(ServiceConfig(feedback={"enabled": True})))
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def svc(s3_store, tiny_model_dir, tmp_path_factory):
     report = tmp / "report.html"
     report.write_text("<!doctype html><title>report</title>")
     cfg = service_config(tmp, NAME, s3_store, max_new_tokens=4, max_prompt_tokens=200, max_body_bytes=16384,
-                         dashboard_path=str(report))
+                         dashboard_path=str(report), feedback={"enabled": True, "spool_dir": str(tmp / "spool")})
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(StoreConfig().signing_key_env, SIGNING_KEY)
         mp.setenv("HARMGATE_API_KEYS", API_KEY)
@@ -49,7 +51,7 @@ def test_every_route_is_documented(svc):
               if rule.endpoint != "static" for method in rule.methods - {"HEAD", "OPTIONS"}}
     documented = {(path, method) for path, ops in doc["paths"].items() for method in ops}
     assert routes == documented, f"undocumented: {routes - documented}; documented but absent: {documented - routes}"
-    assert documented == {(op.path, op.method) for op in OPERATIONS}
+    assert documented == {(op.path, op.method) for op in ALL_OPERATIONS}
     chat = doc["components"]["schemas"]["ChatRequest"]["properties"]
     assert {"type": "integer", "minimum": 1, "maximum": 4} in chat["max_tokens"]["anyOf"], "the service's own limit"
     for path, ops in doc["paths"].items():
@@ -71,7 +73,7 @@ def test_every_model_endpoint_requires_the_key(svc):
     assert svc.post("/v1/chat/completions", CHAT).status_code == 200
 
 
-FUZZED = [pytest.param(op, mode, id=f"{mode.value}-{op.method.upper()} {op.path}") for op in OPERATIONS
+FUZZED = [pytest.param(op, mode, id=f"{mode.value}-{op.method.upper()} {op.path}") for op in ALL_OPERATIONS
           for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if op.request or mode.value == "positive"]
 
 

@@ -1,0 +1,89 @@
+"""Training killed mid-run (SIGKILL, the real CLI in its own process): nothing half-written looks complete, and a
+rerun resumes from the last complete checkpoint, also when the kill hit while a checkpoint was being saved."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+MAX_STEPS, SAVE_STEPS = 12, 2
+
+pytestmark = pytest.mark.slow
+
+
+def _config(tmp_path: Path, shared_data: Path, tiny_model_dir: Path) -> Path:
+    cfg = yaml.safe_load((REPO / "configs" / "tiny-test.yaml").read_text())
+    cfg.update(name="killed-train", runs_dir=str(tmp_path / "runs"))
+    cfg["model"]["base"] = str(tiny_model_dir)
+    cfg["data"]["mirror"] = str(shared_data)
+    cfg["training"].update(max_steps=MAX_STEPS, save_steps=SAVE_STEPS)
+    path = tmp_path / "killed-train.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _complete_checkpoints(run: Path) -> list[int]:
+    return sorted(int(d.name.split("-")[1]) for d in (run / "train" / "checkpoints").glob("checkpoint-*")
+                  if (d / "trainer_state.json").is_file())
+
+
+def test_training_killed_mid_run_resumes_from_its_last_checkpoint(tmp_path, shared_data, tiny_model_dir):
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log = tmp_path / "first.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "harmgate", "train", str(_config(tmp_path, shared_data,
+                                 tiny_model_dir)), "--run-dir", str(run)], cwd=REPO, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    try:
+        while not (run / "train" / "checkpoints").is_dir() or not _complete_checkpoints(run):
+            assert proc.poll() is None, f"training ended before its first checkpoint:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"no checkpoint after 300 s:\n{log.read_text()}"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    done = _complete_checkpoints(run)
+    assert done and done[-1] < MAX_STEPS, f"killed too late to test a resume (checkpoints {done})"
+    # Nothing of the unfinished run carries a final name: no adapter, no merged model, no metrics.
+    assert not (run / "train" / "adapter").exists() and not (run / "model").exists()
+    assert not (run / "train" / "train_metrics.json").exists()
+
+    # As if the kill had also hit while the next checkpoint was being saved: weights there, trainer state not.
+    last = run / "train" / "checkpoints" / f"checkpoint-{done[-1]}"
+    torn = last.with_name(f"checkpoint-{done[-1] + SAVE_STEPS}")
+    shutil.rmtree(torn, ignore_errors=True)
+    torn.mkdir()
+    shutil.copy(last / "adapter_model.safetensors", torn / "adapter_model.safetensors")
+    (torn / "trainer_state.json").write_text('{"global_step": ')  # torn mid-write
+
+    second = subprocess.run([sys.executable, "-m", "harmgate", "train", str(run)], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"deleting incomplete checkpoint {torn}" in second.stdout + second.stderr
+
+    metrics = json.loads((run / "train" / "train_metrics.json").read_text())
+    assert metrics["resumed_from"] == str(last), "resumed from the last complete checkpoint"
+    assert metrics["global_steps"] == MAX_STEPS
+    steps = [p["step"] for p in metrics["loss_curve"]]  # the checkpoint's history, then the resumed steps
+    assert steps == sorted(set(steps)) and steps[-1] == MAX_STEPS, steps
+    assert (run / "train" / "adapter" / "adapter_config.json").is_file()
+    assert (run / "model" / "model.safetensors").is_file() and (run / "model" / "harmgate_merge.json").is_file()
+    assert not list(run.rglob("*.partial")), "temporary folders are renamed or removed"
+
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(run / "model")  # the merged model is whole
