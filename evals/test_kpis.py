@@ -14,7 +14,9 @@ def test_kpi(kpi, gate_error, record_testsuite_property):
         pytest.fail(f"cannot gate: {gate_error}", pytrace=False)
     # Suite-level junit properties (valid in the default xunit2 schema, unlike per-test ones), so CI tools
     # can show the numbers without parsing our JSON.
-    for key in ("status", "base", "tuned", "delta"):
+    for key in ("status", "base", "tuned", "delta", "prompted"):
+        if key == "prompted" and kpi.get(key) is None:
+            continue  # only when the prompted base (base model + safety system prompt) was evaluated
         record_testsuite_property(f"{kpi['name']}.{key}", _fmt(kpi.get(key)) if key != "status" else kpi[key])
     if kpi.get("interval"):
         record_testsuite_property(f"{kpi['name']}.delta_ci95",

@@ -148,7 +148,7 @@ def test_a_passing_run_gives_exit_0_junit_summary_and_dashboard(tmp_path, evalua
     assert set(cases) == {"test_kpi[harm_bounded]", "test_kpi[over_refusal_bounded]"}
     assert suite.get("failures") == "0"
     props = {p.get("name"): p.get("value") for p in suite.iter("property")}
-    assert props["harm_bounded.status"] == "pass"
+    assert props["harm_bounded.status"] == "pass" and "harm_bounded.prompted" in props
     assert summary.startswith("# earlier steps wrote here\n")  # appended, not overwritten
     assert "harmgate KPI gate: PASSED" in summary and "| prompted base |" in summary
     assert "Dashboard: `report.html` in this job's artifacts" in summary

@@ -162,6 +162,23 @@ def test_a_pointwise_source_feeds_ulma_and_the_data_manifest_records_the_feedbac
     assert sorted({r["ulma_label"] for r in rows}) == [0.0, 1.0] and len(rows) == len(mixture.examples)
 
 
+def test_feedback_mixes_with_other_sources_by_weight(s3_store, stored, tmp_path, shared_data):
+    from align.mixture import build_mixture
+
+    paths = write_export(export_feedback(ObjectStore(s3_store), s3_store.prefix, stored, holdout=0.25, seed=3),
+                         tmp_path / "fb")
+    data = DataConfig(mirror=str(shared_data), max_examples=20, seed=2, sources=[
+        {"id": str(paths["train"]), "format": "pointwise", "weight": 1.0},
+        {"id": "Anthropic/hh-rlhf", "data_dir": "harmless-base", "split": "test", "format": "hh", "limit": 50,
+         "weight": 1.0}])
+    mixture = build_mixture(data)
+    feedback, hh = mixture.manifest["sources"]
+    assert feedback["used"] == hh["used"] == 10 and len(mixture.examples) == 20
+    assert len(feedback["row_ids"]) == 10 and set(feedback["row_ids"]) <= set(json.loads(
+        paths["manifest"].read_text())["feedback_ids"]["train"])
+    assert "row_ids" not in hh and {ex["source"] for ex in mixture.examples} == {str(paths["train"]), "Anthropic/hh-rlhf"}
+
+
 def test_pointwise_sources_take_no_label_or_field():
     with pytest.raises(Exception, match="pointwise rows carry their own label"):
         DataConfig(sources=[{"id": "f.jsonl", "format": "pointwise", "label": "negative"}])
