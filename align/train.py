@@ -194,6 +194,12 @@ def train(run: RunDir, config: RunConfig, *, resume: bool = True) -> dict[str, A
     tokenizer = load_tokenizer(config.model.base, revision=config.model.revision)
     model = load_training_model(config, on_gpu)
     trainer = build_trainer(run, config, model, tokenizer, examples, on_gpu)
+    if trainer.train_dataset is not None and len(trainer.train_dataset) == 0:
+        # TRL drops examples whose reply is cut off entirely by max_length (huge prompts); with none left the
+        # sampler fails with "num_samples=0", which says nothing about why.
+        raise ValueError(f"none of the {len(examples)} training examples fits training.max_seq_length="
+                         f"{config.training.max_seq_length}: every prompt is so long that no reply token is left "
+                         f"to train on; raise max_seq_length or filter the data")
     # A model from from_pretrained starts in eval mode; without train() gradient checkpointing stays off.
     trainer.model.train()
 

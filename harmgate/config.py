@@ -473,6 +473,10 @@ def _read_yaml_with_includes(path: Path, chain: tuple[Path, ...] = ()) -> Any:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"invalid config {path}: not valid YAML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"invalid config {path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+    except (OSError, RecursionError) as err:  # unreadable; or nesting deeper than the YAML parser can follow
+        raise ConfigError(f"invalid config {path}: cannot be read ({type(err).__name__}: {err})") from None
     if not isinstance(data, dict) or "include" not in data:
         return data
     includes = data.pop("include")
