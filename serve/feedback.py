@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from flask import Flask, jsonify, request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gates.registry import Registry
 from gates.s3 import RegistryError
@@ -40,6 +40,18 @@ class FeedbackRequest(BaseModel):
     rating: Literal["good", "bad"]
     category: str | None = Field(None, max_length=64, description="One of the service's feedback.categories")
     comment: str | None = None
+
+    @field_validator("comment")
+    @classmethod
+    def _encodable(cls, v: str | None) -> str | None:
+        # A lone UTF-16 surrogate ("\ud800") is valid JSON but cannot be stored as UTF-8 (as in serve/schemas.py).
+        try:
+            if v is not None:
+                v.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(f"contains an unpaired UTF-16 surrogate at character {err.start}; send valid "
+                             f"Unicode text") from None
+        return v
 
 
 def utc_now() -> str:

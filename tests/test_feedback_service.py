@@ -161,6 +161,7 @@ def test_a_moderated_reply_is_recorded_as_the_refusal_the_client_saw(live):
     ({"completion_id": "COMPLETION", "rating": "bad", "comment": "x" * 51}, 400, "comment"),
     ({"completion_id": "COMPLETION", "rating": "bad", "reply": "text the model never wrote"}, 400, "reply"),
     ({"completion_id": "COMPLETION", "rating": True}, 400, "rating"),
+    ({"completion_id": "COMPLETION", "rating": "bad", "comment": "half a pair \ud800"}, 400, "comment"),
 ])
 def test_feedback_is_validated(live, body, status, param):
     rid = live.chat("Validate me").json()["id"]
