@@ -172,6 +172,20 @@ def _release(trainer) -> None:
     return base
 
 
+def _has_lora(model) -> bool:
+    return any(type(m).__module__.startswith("peft.") for m in model.modules())
+
+
+def _free(on_gpu: bool) -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if on_gpu:
+        torch.cuda.empty_cache()
+
+
 def _parse_point(point: str) -> tuple[int, int]:
     batch, _, every = str(point).partition("x")
     return int(batch), int(every or 1)
@@ -254,8 +268,11 @@ def worker(spec: dict[str, Any]) -> None:
         finally:
             if trainer is not None:
                 model = _release(trainer)
-            if on_gpu:
-                torch.cuda.empty_cache()
+            elif _has_lora(model):  # the trainer failed after attaching LoRA: start the next point from a clean load
+                del model
+                _free(on_gpu)
+                model = load_training_model(base_cfg, on_gpu)
+            _free(on_gpu)
         if rank == 0:  # after every point, so a worker killed by a timeout still leaves what it measured
             Path(spec["result"]).write_text(json.dumps({"device": device, "results": results}, indent=1))
         if p["training"].get("torch_compile"):
@@ -437,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from rich.console import Console
 
+    groups = _groups(args) if args.mode in ("compare", "ablation", "ddp") else []  # bad arguments fail here, early
     console = Console(width=160)
     on_gpu = torch.cuda.is_available()
     shape = args.shape or ("llama-3.1-8b" if on_gpu else "tiny")
@@ -485,7 +503,6 @@ def main(argv: list[str] | None = None) -> int:
         base_spec["model_dir"] = model_dir
 
         if args.mode in ("compare", "ablation", "ddp"):
-            groups = _groups(args)
             for name, points, gpus in groups:
                 if not points:
                     continue
@@ -534,6 +551,9 @@ def _groups(args) -> list[tuple[str, list[dict[str, Any]], int]]:
         return [(n, _points(n, pts), 1) for n in names]
     h = CONFIGS["harmgate"]
     if args.mode == "ddp":
+        if args.gpus < 2:
+            raise SystemExit(f"--mode ddp needs --gpus 2 or more (got {args.gpus}); this machine has "
+                             f"{__import__('torch').cuda.device_count()} GPU(s)")
         point = _points("harmgate", [str(args.ddp_batch)])
         return [("harmgate_1gpu", point, 1), (f"harmgate_{args.gpus}gpu", point, args.gpus)]
     with_liger, without, compiled = [], [], []
