@@ -35,7 +35,10 @@ print("gpus", [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_co
       "bitsandbytes", bitsandbytes.__version__, "accelerate", accelerate.__version__, "liger-kernel", liger)
 PY
 model=(); [ -f /tmp/hgbench/random-llama-3.1-8b/config.json ] && model=(--model-dir /tmp/hgbench/random-llama-3.1-8b)
-bench() { python3 bench/train_throughput.py --work-dir /tmp/hgbench "${model[@]}" "$@"; }
+# The whole call must end within the device's 10 minutes: the bench gets what is left of CALL_BUDGET seconds
+# (a later --time-budget in "$@" overrides).
+bench() { python3 bench/train_throughput.py --work-dir /tmp/hgbench --time-budget $(( ${CALL_BUDGET:-585} - SECONDS )) \
+  "${model[@]}" "$@"; }
 case "$mode" in
   compare)  bench --out "$OUT/train_throughput.json" "$@" ;;
   ablation) bench --mode ablation --out "$OUT/train_throughput_ablation.json" "$@" ;;
