@@ -190,7 +190,8 @@ class Registry:
                                 f"not verify ({err}); publish a new version") from None
         if manifest.get("files") != files:
             raise RegistryError(f"{name}:{version} is already approved at {where} for other files than "
-                                f"this model folder's; versions are immutable, publish a new one")
+                                f"this model folder's; versions are immutable, publish a new one (e.g. "
+                                f"`harmgate publish RUN_DIR --version NEW`)")
         revoked = self.objects.get_json(self._key(name, version, "revoked.json"))
         if revoked is not None:
             raise Revoked(f"{name}:{version} was published and then revoked ({revoked.get('reason')}); "

@@ -129,14 +129,17 @@ def gate(run_dir: Path = typer.Argument(..., help="Run directory")) -> None:
 
 
 @app.command()
-def publish(run_dir: Path = typer.Argument(..., help="Run directory")) -> None:
-    """Upload the merged model, manifest and signed approval to S3 (only if the gate passed)."""
+def publish(run_dir: Path = typer.Argument(..., help="Run directory"),
+            version: Optional[str] = typer.Option(None, help="Version to publish as (default: the version an "
+                                                            "earlier attempt of this run chose, else a UTC timestamp)")
+            ) -> None:
+    """Upload the merged model, manifest and signed approval to S3 (only if the gate passed); rerun to resume."""
     from gates.publish import publish_run
     from gates.registry import NotApproved, RegistryError
 
     run_, _ = _run_and_config(run_dir, None)
     try:
-        record = publish_run(run_)
+        record = publish_run(run_, version=version)
     except NotApproved as err:
         _fail(f"publish refused: {err}", code=1)
     except (RegistryError, FileNotFoundError, ValueError) as err:

@@ -30,8 +30,8 @@ class SamplingParams:
 
     @property
     def sampled(self) -> bool:
-        """Below MIN_SAMPLING_TEMPERATURE decoding is greedy: the distribution is already the argmax, and
-        dividing logits by e.g. 1e-300 overflows to inf and makes sampling fail for the whole batch."""
+        """Below MIN_SAMPLING_TEMPERATURE decoding is greedy: sampling there all but always picks the argmax,
+        and dividing logits by e.g. 1e-300 overflows to inf and makes sampling fail for the whole batch."""
         return self.temperature >= MIN_SAMPLING_TEMPERATURE
 
     @property

@@ -16,7 +16,7 @@ from pathlib import Path
 import requests
 from werkzeug.serving import make_server
 
-from gates.store import StoreInfo, store_status, store_up
+from gates.store import StoreInfo, _remove_sockets, store_status, store_up
 from harmgate.config import StoreConfig, load_config
 from harmgate.rundir import RunDir, create_run_dir, write_json
 from serve.bootstrap import ServiceHandle, build_service
@@ -101,9 +101,8 @@ class KillableStore:
             if time.monotonic() > deadline:
                 raise AssertionError(f"SeaweedFS {self.info.pid} still running 20 s after SIGKILL")
             time.sleep(0.05)
-        # A crash leaves its unix sockets behind; weed would not start on them.
-        for sock in ("filer.sock", "s3.sock"):
-            (self.state_dir / sock).unlink(missing_ok=True)
+        # A crash leaves its unix sockets behind (in the state folder and /tmp); weed would not start on them.
+        _remove_sockets(self.state_dir, self.info.ports)
 
     def restart(self) -> None:
         self.info = store_up(self.state_dir, s3_port=0, bucket=self.bucket, timeout_s=60)

@@ -89,7 +89,7 @@ def test_fuzz_documented_operations(svc, op, mode):
     excluded = [positive_data_acceptance] if op.request is ChatRequest else []
 
     @given(case=operation.as_strategy(mode))
-    @settings(max_examples=60 if op.request else 5, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=40 if op.request else 5, deadline=None, suppress_health_check=list(HealthCheck))
     def fuzz(case) -> None:
         case.call_and_validate(base_url=svc.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60,
                                excluded_checks=excluded)
@@ -119,13 +119,13 @@ def _assert_clean(resp: requests.Response) -> None:
 
 
 @given(body=BODY)
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
 def test_fuzz_chat_with_arbitrary_json(svc, body):
     _assert_clean(svc.post("/v1/chat/completions", body))
 
 
 @given(raw=st.binary(max_size=2000) | st.text(max_size=500).map(lambda t: t.encode("utf-8", "surrogatepass")))
-@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 def test_fuzz_chat_with_arbitrary_bytes(svc, raw):
     """Invalid UTF-8, truncated JSON, lone surrogates: 400, never 500."""
     resp = requests.post(svc.url + "/v1/chat/completions", data=raw, timeout=60,
