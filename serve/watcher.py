@@ -148,8 +148,12 @@ class RegistryWatcher:
             state = row.get("signature")
             if state not in ("valid", "unverified") and (version, state) not in self._warned:
                 self._warned.add((version, state))
-                log.warning("ignoring %s:%s: its approval is %s (never served; a forged approval or a manifest "
-                            "changed after approval reads as invalid)", self.name, version, state)
+                if state == "missing":
+                    log.info("ignoring %s:%s until it is approved (no approval record: a publish not finished, "
+                             "or stopped by a failure; rerunning it completes it)", self.name, version)
+                else:
+                    log.warning("ignoring %s:%s: its approval is %s (never served; a forged approval or a "
+                                "manifest changed after approval reads as invalid)", self.name, version, state)
 
     def _nothing_to_serve(self, rows: dict[str, dict[str, Any]]) -> str:
         _, reason = self.slot.get()

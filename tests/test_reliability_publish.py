@@ -120,6 +120,8 @@ def test_store_killed_during_publish(phase, store, big_model, tiny_model_dir, tm
         reply = svc.post("/v1/chat/completions", CHAT)
         assert reply.status_code == 200 and reply.json()["model"] == f"{name}:v1"
         assert "registry check failed" in caplog.text and f"still serving {name}:v1" in caplog.text
+        assert svc.get("/v1/models").json()["data"][0]["version"] == "v1" and svc.get("/metrics").ok
+        assert svc.get("/dashboard").status_code == 404, "nothing verifiable to show: a 404 saying why, not a 5xx"
 
         store.restart()
         assert store.info.endpoint == endpoint
@@ -131,8 +133,11 @@ def test_store_killed_during_publish(phase, store, big_model, tiny_model_dir, tm
             assert reader.latest_approved(name) == "v1", f"a partial upload ({phase}) must never be approved"
             with pytest.raises((NotApproved, VersionNotFound)):
                 reader.fetch_verified(name, version, tmp_path / "check-cache")
-            svc.handle.watcher.poll_once()
+            with caplog.at_level("INFO", logger="harmgate.serve"):
+                svc.handle.watcher.poll_once()
             assert svc.served == "v1"
+            if phase == "before_approval":  # the manifest is there, the approval is not
+                assert f"ignoring {name}:{version} until it is approved" in caplog.text
 
         # Rerun: the same version, completed and approved, byte-identical to the local model.
         record = publish_run(run, registry=Registry(store.config(), multipart_threshold=PART,
