@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -31,7 +32,7 @@ from gates.s3 import ObjectExists, ObjectNotFound, ObjectStore, RegistryError, S
 from harmgate.config import StoreConfig
 
 __all__ = ["ApprovedModel", "IntegrityError", "NotApproved", "Registry", "RegistryError", "Revoked",
-           "SigningKeyMissing", "StoreUnavailable", "VersionNotFound"]
+           "SigningKeyMissing", "StoreUnavailable", "VersionNotFound", "remember_revoked", "revoked_in_cache"]
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 # Beside manifest.json; never one of the registry's own records.
@@ -301,7 +302,11 @@ class Registry:
         manifest = self._manifest(name, version)
         revoked = self.objects.get_json(self._key(name, version, "revoked.json"))
         if revoked is not None:
+            remember_revoked(cache_dir, name, version, str(revoked.get("reason")))
             raise Revoked(f"{name}:{version} was revoked at {revoked.get('revoked_at')}: {revoked.get('reason')}")
+        if (seen := revoked_in_cache(cache_dir, name).get(version)) is not None:
+            raise Revoked(f"{name}:{version} was revoked ({seen.get('reason')}, seen {seen.get('seen_at')}) and its "
+                          f"revocation record has since disappeared from {self._where(name, version)}")
         approval = self.objects.get_json(self._key(name, version, "approval.json"))
         if approval is None:
             raise NotApproved(f"{name}:{version} has no approval record at {self._where(name, version)}")
@@ -316,8 +321,12 @@ class Registry:
         entries = _entries(manifest, name, version)
 
         dest = Path(cache_dir) / name / version
+        marker = {"name": name, "version": version, "manifest_sha256": manifest_sha256, "verified_at": utc_now(),
+                  "manifest": manifest, "approval": approval}  # enough to re-verify without the store
         if _cached_digest(dest) == manifest_sha256:
             _verify_cache(dest, entries)
+            if _read_marker(dest).get("approval") != approval:  # a marker from before it held the approval
+                _write_marker(dest, marker)
             return ApprovedModel(name, version, dest, manifest, manifest_sha256)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=dest.parent))
@@ -331,9 +340,7 @@ class Registry:
                     raise IntegrityError(f"{name}:{version}: {entry['path']} is in the manifest but missing from "
                                          f"{self._where(name, version)}") from None
             _verify_dir(tmp, entries, f"{name}:{version} as downloaded from {self._where(name, version)}")
-            (tmp / CACHE_MARKER).write_text(json.dumps({"name": name, "version": version,
-                                                        "manifest_sha256": manifest_sha256,
-                                                        "verified_at": utc_now()}))
+            (tmp / CACHE_MARKER).write_text(json.dumps(marker))
             if _cached_digest(dest) == manifest_sha256:  # another process finished the same download first
                 _verify_cache(dest, entries)
             else:
@@ -343,6 +350,62 @@ class Registry:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return ApprovedModel(name, version, dest, manifest, manifest_sha256)
+
+
+    def cached_verified(self, name: str, cache_dir: Path, version: str | None = None) -> ApprovedModel | None:
+        """The newest (or the ``version``) copy in the cache that still verifies without the store: its recorded
+        approval against the recorded manifest with the signing key, every file against the manifest, and not a
+        version this cache has seen revoked. None if there is none. For a start while the store is down: a
+        revocation made during the outage is only seen once the store answers again (as for a running service)."""
+        _check(NAME_RE, name, "model name")
+        key = signing_key(self.config.signing_key_env)
+        root, revoked = Path(cache_dir) / name, revoked_in_cache(cache_dir, name)
+        found = []
+        for folder in (sorted(root.iterdir()) if root.is_dir() else []):
+            if not folder.is_dir() or not VERSION_RE.match(folder.name) or folder.name in revoked:
+                continue
+            if version is not None and folder.name != version:
+                continue
+            try:
+                marker = json.loads((folder / CACHE_MARKER).read_text())
+                manifest, approval = marker["manifest"], marker["approval"]
+                verify_approval(key, approval, name=name, version=folder.name, manifest_sha256=digest(manifest))
+                entries = _entries(manifest, name, folder.name)
+            except (OSError, ValueError, KeyError, TypeError, RegistryError):
+                continue  # no marker, one from before markers held the approval, or one that does not verify
+            found.append((str(manifest.get("created_at")), folder, manifest, entries))
+        for _, folder, manifest, entries in sorted(found, key=lambda f: f[0], reverse=True):
+            try:
+                _verify_cache(folder, entries)
+            except IntegrityError:
+                continue
+            return ApprovedModel(name, folder.name, folder, manifest, digest(manifest))
+        return None
+
+
+REVOKED_MEMORY = ".revoked.json"  # <cache>/<name>/.revoked.json: versions this host saw revoked
+
+
+def revoked_in_cache(cache_dir: Path, name: str) -> dict[str, dict[str, Any]]:
+    try:
+        data = json.loads((Path(cache_dir) / name / REVOKED_MEMORY).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def remember_revoked(cache_dir: Path, name: str, version: str, reason: str) -> None:
+    """Record a revocation locally, so it holds even if its record disappears from the bucket (a revocation
+    is not signed: anyone who can delete objects could otherwise un-revoke a version)."""
+    memory = revoked_in_cache(cache_dir, name)
+    if version in memory:
+        return
+    memory[version] = {"reason": reason, "seen_at": utc_now()}
+    path = Path(cache_dir) / name / REVOKED_MEMORY
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{REVOKED_MEMORY}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(memory, indent=1))
+    tmp.replace(path)
 
 
 def _manifest_digest(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -374,10 +437,22 @@ def _verify_cache(dest: Path, entries: list[dict[str, Any]]) -> None:
 
 
 def _cached_digest(dest: Path) -> str | None:
+    return _read_marker(dest).get("manifest_sha256")
+
+
+def _read_marker(dest: Path) -> dict[str, Any]:
     try:
-        return json.loads((dest / CACHE_MARKER).read_text()).get("manifest_sha256")
-    except (OSError, ValueError, AttributeError):
-        return None
+        marker = json.loads((dest / CACHE_MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
+def _write_marker(dest: Path, marker: dict[str, Any]) -> None:
+    # Written beside the folder, then renamed in: a temporary file inside would fail other processes' checks.
+    tmp = dest.parent / f".{dest.name}{CACHE_MARKER}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(marker))
+    tmp.replace(dest / CACHE_MARKER)
 
 
 def _verify_dir(root: Path, entries: list[dict[str, Any]], what: str) -> None:

@@ -1,7 +1,7 @@
 """Startup: from a run config to a running app, but only on an approved, unrevoked, hash-verified version.
 
 Order (cheapest refusal first): API keys, registry (resolve, download, verify; an unreachable store is retried
-with backoff for ``service.store_wait_s``), moderation scorer, model load. Any failure is a ``StartupError``
+with backoff for ``service.store_wait_s``, then a verified cached copy is used), moderation scorer, model load. Any failure is a ``StartupError``
 whose message is the one line the runner logs before exiting with status 2.
 """
 
@@ -17,7 +17,8 @@ from pathlib import Path
 from flask import Flask
 
 from evals.scorers.base import TextScorer
-from gates.registry import ApprovedModel, NotApproved, Registry, RegistryError, StoreUnavailable
+from gates.registry import (ApprovedModel, NotApproved, Registry, RegistryError, StoreUnavailable,
+                            revoked_in_cache)
 from harmgate.config import RunConfig
 from serve.app import Runtime, create_app
 from serve.auth import ApiKeys, AuthConfigError, open_api_problem
@@ -60,20 +61,39 @@ def check_keys(config: RunConfig, bind_host: str) -> ApiKeys:
 
 
 def resolve_verified(config: RunConfig, registry: Registry) -> ApprovedModel:
-    """The pinned version (it must be approved) or the newest approved one, downloaded and verified."""
+    """The pinned version (it must be approved) or the newest approved one, downloaded and verified.
+
+    If the store stays unreachable for ``service.store_wait_s``, the newest copy in the cache that still verifies
+    offline (recorded approval, signing key, every file's sha256; not a version this cache saw revoked) is
+    served, so a restart during a store outage does not take the service down; the registry watcher applies
+    any revocation once the store answers again."""
     name, service = model_name(config), config.service
+    cache_dir = Path(service.cache_dir)
     deadline, delay, warned = time.monotonic() + service.store_wait_s, 0.5, False
     while True:
         try:
-            version = service.version or registry.latest_approved(name)
+            remembered = revoked_in_cache(cache_dir, name)
+            version = service.version or next((r["version"] for r in reversed(registry.list_versions(name))
+                                               if r["approved"] and not r["revoked"]
+                                               and r["version"] not in remembered), None)
             if version is None:
                 where = f"s3://{config.store.bucket}/{config.store.prefix}/{name}/ on {registry.objects.endpoint}"
                 raise NotApproved(f"no approved, unrevoked version of {name} in {where}")
-            return registry.fetch_verified(name, version, Path(service.cache_dir))
+            return registry.fetch_verified(name, version, cache_dir)
         except StoreUnavailable as err:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise StartupError(f"{err} (still unreachable after {service.store_wait_s:g} s)") from None
+                try:
+                    cached = registry.cached_verified(name, cache_dir, version=service.version)
+                except (RegistryError, OSError) as cache_err:  # e.g. no signing key to verify with
+                    raise StartupError(f"{err}; and the cache cannot be used: {cache_err}") from None
+                if cached is None:
+                    raise StartupError(f"{err} (still unreachable after {service.store_wait_s:g} s, and no copy in "
+                                       f"{cache_dir / name} verifies to fall back on)") from None
+                log.warning("store unreachable for %g s: serving %s:%s from the verified cache %s (approval and "
+                            "every file checked offline; revocations apply once the store answers)",
+                            service.store_wait_s, cached.name, cached.version, cached.local_dir)
+                return cached
             if not warned:
                 log.warning("store unreachable, retrying for up to %.0f s: %s", left, err)
                 warned = True

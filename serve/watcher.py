@@ -8,8 +8,9 @@ Every ``registry_poll_s`` seconds (one background thread per process):
    it is downloaded, verified (every sha256 and the signature, as at startup) and loaded *in this thread* while
    the current version keeps answering, then installed in one step.
 
-A version seen revoked stays refused for the life of the process, even if its ``revoked.json`` later disappears
-(only a bucket writer can delete it; the approval's HMAC does not cover revocation). A version whose approval
+A version seen revoked stays refused, even if its ``revoked.json`` later disappears (only a bucket writer can
+delete it; the approval's HMAC does not cover revocation): remembered in ``<cache_dir>/<name>/.revoked.json``,
+so restarts on the same cache remember it too. A version whose approval
 does not verify (forged, or its manifest swapped) is logged once and never loaded.
 
 If the store cannot be reached, nothing changes: the current version keeps being served (it was verified when
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gates.registry import ApprovedModel, Registry, RegistryError
+from gates.registry import ApprovedModel, Registry, RegistryError, remember_revoked, revoked_in_cache
 from serve.metrics import Metrics
 from serve.slot import ModelSlot, Served
 
@@ -55,7 +56,9 @@ class RegistryWatcher:
         self.interval_s = interval_s
         self.metrics = metrics
         self._failed: dict[str, str] = {}  # version -> the listing row it failed with (as text)
-        self._revoked: dict[str, str] = {}  # version -> why: once revoked, refused until the process ends
+        # version -> why: once revoked, always refused (also remembered in the cache folder, for restarts)
+        self._revoked: dict[str, str] = {version: str(seen.get("reason"))
+                                         for version, seen in revoked_in_cache(self.cache_dir, name).items()}
         self._warned: set[tuple[str, str]] = set()  # (version, signature state) already logged
         self._store_down = False
         self._stop = threading.Event()
@@ -141,6 +144,7 @@ class RegistryWatcher:
         for version, row in rows.items():
             if row.get("revoked") and version not in self._revoked:
                 self._revoked[version] = row.get("revoked_reason") or "no reason given"
+                remember_revoked(self.cache_dir, self.name, version, self._revoked[version])
             elif not row.get("revoked") and version in self._revoked and (version, "unrevoked") not in self._warned:
                 self._warned.add((version, "unrevoked"))
                 log.error("refusing %s:%s: it was revoked (%s) and its revocation record has since disappeared "

@@ -175,3 +175,50 @@ def test_rerun_refuses_a_version_approved_for_other_files(store, tiny_model_dir,
     done = CliRunner().invoke(app, ["publish", str(run.root), "--version", "v-next"])
     assert done.exit_code == 0, done.output
     assert read_json(run.publish_record)["version"] == "v-next" != first["version"]
+
+
+def test_restart_while_the_store_is_down_serves_the_verified_cache(store, tmp_path, caplog):
+    """A service (or a gunicorn worker) restarted during an outage starts on the newest cached copy that still
+    verifies offline, never on one this cache saw revoked or one whose bytes changed; revocations are remembered
+    in the cache even if their record later disappears from the bucket."""
+    from align.tiny import save_tiny_model
+    from serve.bootstrap import StartupError, build_service
+    from harmgate.config import load_config
+
+    if not store.running():
+        store.restart()
+    name, registry = "cache-fallback", Registry(store.config())
+    for seed, version in enumerate(("v1", "v2", "v3")):
+        registry.publish(name, save_tiny_model(tmp_path / version, seed=seed), verdict={"passed": True}, metrics={},
+                         config={}, provenance={}, base_model="tiny", version=version)
+    cfg = service_config(tmp_path, name, store.config(max_attempts=1), store_wait_s=1)
+    with live_service(cfg) as svc:
+        assert svc.served == "v3"
+        registry.revoke(name, "v3", "found a jailbreak")
+        svc.handle.watcher.poll_once()
+        assert svc.served == "v2"  # v2 is now in the cache too, v3 remembered as revoked
+
+    store.kill()
+    with caplog.at_level("INFO", logger="harmgate.serve"), live_service(cfg) as svc:
+        assert svc.served == "v2", "the newest verified copy that was not revoked"
+        assert f"serving {name}:v2 from the verified cache" in caplog.text
+        assert svc.get("/readyz").status_code == 200 and svc.post("/v1/chat/completions", CHAT).status_code == 200
+        svc.handle.watcher.poll_once()
+        assert "registry check failed" in caplog.text and svc.served == "v2"
+
+    weights = tmp_path / "cache" / name / "v2" / "model.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    with pytest.raises(StartupError, match=rf"still unreachable after 1 s, and no copy in .*{name} verifies"):
+        build_service(load_config(cfg), bind_host="127.0.0.1")
+    weights.write_bytes(original)
+
+    # Store back; a bucket writer deletes v3's revocation record: this cache still refuses v3.
+    store.restart()
+    registry.objects.delete(f"models/{name}/v3/revoked.json")
+    assert registry.latest_approved(name) == "v3"
+    with live_service(cfg) as svc:
+        assert svc.served == "v2"
+    pinned = service_config(tmp_path, name, store.config(max_attempts=1), version="v3")
+    with pytest.raises(StartupError, match=f"{name}:v3 was revoked .* record has since disappeared"):
+        build_service(load_config(pinned), bind_host="127.0.0.1")
