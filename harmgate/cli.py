@@ -148,6 +148,20 @@ def publish(run_dir: Path = typer.Argument(..., help="Run directory"),
 
 
 @app.command()
+def compare(run_dirs: list[Path] = typer.Argument(..., help="Gated run directories of one base model"),
+            out: Path = typer.Option(Path("compare"), help="Folder for compare.json, compare.md, frontier.svg")) -> None:
+    """Gated runs side by side: every KPI per run with intervals, and the safety-helpfulness frontier."""
+    from gates.compare import CompareError, write_comparison
+
+    try:
+        paths = write_comparison(run_dirs, out)
+    except (CompareError, ConfigError, FileNotFoundError) as err:
+        _fail(str(err))
+    for kind, path in paths.items():
+        console.print(f"{kind}: {path}")
+
+
+@app.command()
 def serve(config: Path = typer.Option(..., "--config", "-c", help="Run config YAML (store + service sections)"),
           host: Optional[str] = typer.Option(None), port: Optional[int] = typer.Option(None)) -> None:
     """Serve the newest approved model (or the pinned version) over HTTP, after verifying it."""
