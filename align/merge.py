@@ -12,7 +12,7 @@ from pathlib import Path
 
 from align.models import load_causal_lm, load_tokenizer
 from harmgate.config import RunConfig
-from harmgate.rundir import RunDir, read_json, write_json
+from harmgate.rundir import RunDir, read_json, replace_dir, write_json
 
 
 def merge_adapter(run: RunDir, config: RunConfig) -> Path:
@@ -43,7 +43,5 @@ def merge_adapter(run: RunDir, config: RunConfig) -> Path:
         "seconds": round(time.time() - started, 2),
         "train_metrics": read_json(run.train_metrics) if run.train_metrics.is_file() else None,
     })
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)  # only a complete folder ever carries the final name
+    replace_dir(tmp, dest)  # only a complete folder ever carries the final name
     return dest

@@ -18,7 +18,7 @@ from typing import Any
 
 from align.models import load_causal_lm, load_tokenizer, torch_dtype
 from harmgate.config import QuantizationConfig, RunConfig
-from harmgate.rundir import RunDir, read_json, write_json
+from harmgate.rundir import RunDir, read_json, replace_dir, write_json
 
 
 def bnb_config(q: QuantizationConfig):
@@ -213,9 +213,7 @@ def train(run: RunDir, config: RunConfig, *, resume: bool = True) -> dict[str, A
         shutil.rmtree(tmp)
     trainer.model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    if run.adapter_dir.exists():
-        shutil.rmtree(run.adapter_dir)
-    tmp.rename(run.adapter_dir)
+    replace_dir(tmp, run.adapter_dir)
 
     metrics = _train_metrics(trainer, config, examples, wall, on_gpu, checkpoint)
     metrics["quantized_linear_layers"] = _count_4bit_layers(trainer.model)

@@ -87,3 +87,35 @@ def test_training_killed_mid_run_resumes_from_its_last_checkpoint(tmp_path, shar
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(run / "model")  # the merged model is whole
+
+
+def test_a_kill_while_replacing_a_model_folder_never_leaves_half_of_one(tmp_path, monkeypatch):
+    """Rerunning train/merge over a finished run replaces adapter/ and model/: a kill while the old folder is being
+    deleted (simulated: rmtree stops after one file) must leave the new folder whole under the final name."""
+    from harmgate import rundir
+
+    dest, new = tmp_path / "model", tmp_path / ".model.partial"
+    for folder, text in ((dest, "old"), (new, "new")):
+        folder.mkdir()
+        for name in ("config.json", "model.safetensors", "tokenizer.json"):
+            (folder / name).write_text(text)
+    real_rmtree = shutil.rmtree
+
+    def killed_midway(path, *args, **kwargs):
+        first = sorted(Path(path).iterdir())[0]
+        first.unlink()
+        raise KeyboardInterrupt("SIGKILL stand-in")
+
+    monkeypatch.setattr(rundir.shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        rundir.replace_dir(new, dest)
+    monkeypatch.setattr(rundir.shutil, "rmtree", real_rmtree)
+    assert {p.name: p.read_text() for p in dest.iterdir()} == {
+        "config.json": "new", "model.safetensors": "new", "tokenizer.json": "new"}
+    assert not new.exists() and (tmp_path / ".model.old").exists(), "only the hidden old copy is half deleted"
+
+    newer = tmp_path / ".model.partial"
+    newer.mkdir()
+    (newer / "config.json").write_text("newer")
+    rundir.replace_dir(newer, dest)  # the rerun clears the leftover first
+    assert [p.name for p in tmp_path.iterdir()] == ["model"] and (dest / "config.json").read_text() == "newer"
