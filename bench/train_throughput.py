@@ -98,12 +98,15 @@ def versions() -> dict[str, str]:
     return out
 
 
-def git_commit() -> str | None:
+def git_commit(repo: Path = REPO) -> str | None:
+    """HEAD of the checkout this script runs from; None for an unpacked `git archive` (no .git of its own), where
+    git would otherwise answer with the HEAD of whatever repository encloses the folder."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
+        top, head = subprocess.run(["git", "rev-parse", "--show-toplevel", "--short", "HEAD"], cwd=repo,
+                                   capture_output=True, text=True, check=True).stdout.split()
+    except (OSError, ValueError, subprocess.CalledProcessError):
         return None
+    return head if Path(top).resolve() == Path(repo).resolve() else None
 
 
 # ---------------------------------------------------------------- worker (one subprocess per configuration)

@@ -32,6 +32,16 @@ def test_production_default_is_llama31_on_hh_golden():
     assert config.quantization.quant_type == "nf4" and config.quantization.double_quant
 
 
+def test_production_default_trains_with_the_measured_fast_setting():
+    # docs/PERFORMANCE.md documents this setting and its numbers; packing is only allowed because the method is sft.
+    config = load_config(REPO / "configs" / "llama31-8b.yaml")
+    t = config.training
+    assert (t.method, t.packing, t.packing_layout, t.use_liger_kernel, t.optimizer, t.attn_implementation) == (
+        "sft", "padding_free", "rows", True, "adamw_torch_fused", None)
+    assert (t.per_device_batch_size, t.gradient_accumulation_steps, t.max_seq_length) == (16, 1, 1024)
+    assert config.lora.dropout == 0.0
+
+
 def _with(path: tuple, value):
     data = yaml.safe_load(yaml.safe_dump(MINIMAL))
     node = data

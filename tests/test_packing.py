@@ -122,6 +122,13 @@ def test_packed_batch_matches_samples_run_one_by_one(tmp_path, tiny_model_dir, l
     assert packed_nll == pytest.approx(unpacked_nll, rel=1e-5)
 
 
+@pytest.mark.slow
+def test_flex_attention_packed_rows_match_samples_run_one_by_one(tmp_path, tiny_model_dir):
+    # flex attention is the ablation's one faster lever (docs/PERFORMANCE.md); it builds its block mask from the
+    # same position ids, checked here the same way. On a CPU it compiles its kernel first (about a minute).
+    test_packed_batch_matches_samples_run_one_by_one(tmp_path, tiny_model_dir, "rows", "flex_attention")
+
+
 def _nll(logits, labels) -> float:
     return torch.nn.functional.cross_entropy(logits[:-1], labels[1:], ignore_index=-100, reduction="sum").item()
 

@@ -38,6 +38,20 @@ def test_synthetic_tokenizer_decodes_every_id_and_renders_chat():
     assert text.endswith("<|im_start|>assistant\n")
 
 
+def test_git_commit_is_none_for_a_copy_inside_another_checkout(tmp_path):
+    # The GPU runs unpack a `git archive` inside a checkout: its commit is not the enclosing repository's HEAD.
+    from bench.train_throughput import git_commit
+
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(git + ["init", "-q", str(tmp_path)], check=True)
+    subprocess.run(git + ["-C", str(tmp_path), "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    (tmp_path / "archive").mkdir()
+    assert git_commit(tmp_path) == head
+    assert git_commit(tmp_path / "archive") is None
+
+
 def _run(tmp_path, *args):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--shape", "tiny", "--warmup", "1", "--steps", "2",
