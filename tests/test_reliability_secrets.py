@@ -26,9 +26,13 @@ def _files(*roots: Path) -> list[Path]:
     return [p for root in roots if root.exists() for p in root.rglob("*") if p.is_file()]
 
 
-def test_no_secret_in_logs_manifests_reports_or_responses(s3_store, s3_store_info, tiny_model_dir, tmp_path):
+def test_no_secret_in_logs_manifests_reports_or_responses(s3_store, s3_store_info, tiny_model_dir, tmp_path,
+                                                          monkeypatch):
     store_defaults = StoreConfig()
     signing = "sign-" + secrets.token_hex(24)
+    # This process's Registry verifies approvals with the same key the CLI subprocesses sign with (other tests'
+    # session-wide keys may be in os.environ).
+    monkeypatch.setenv(store_defaults.signing_key_env, signing)
     api_key = "api-" + secrets.token_hex(20)
     wrong_key = "wrong-" + secrets.token_hex(20)  # what a client mistakenly sends must not be logged either
     prompt = "canary-prompt-" + secrets.token_hex(8)
