@@ -268,7 +268,10 @@ def _train_metrics(trainer, config: RunConfig, examples, wall: float, on_gpu: bo
               **{k: h[k] for k in _METHOD_LOG_KEYS if k in h}}
              for h in history if "loss" in h and math.isfinite(h["loss"])]
     summary = next((h for h in reversed(history) if "train_runtime" in h), {})
-    tokens = int(trainer.state.num_input_tokens_seen or 0)
+    # The Trainer counts tokens from `input_ids`; DPO batches carry prompt/chosen/rejected ids instead, so its
+    # count stays 0. Report None (unknown) rather than a 0 that reads as a measurement.
+    counted = int(trainer.state.num_input_tokens_seen or 0)
+    tokens = None if config.training.method == "dpo" and counted == 0 else counted
     return {
         "base_model": config.model.base,
         "method": config.training.method,
@@ -280,7 +283,7 @@ def _train_metrics(trainer, config: RunConfig, examples, wall: float, on_gpu: bo
         "final_loss": curve[-1]["loss"] if curve else None,
         "train_loss": summary.get("train_loss"),
         "tokens_seen": tokens,
-        "tokens_per_second": round(tokens / wall, 2) if wall > 0 else None,
+        "tokens_per_second": round(tokens / wall, 2) if tokens is not None and wall > 0 else None,
         "wall_seconds": round(wall, 2),
         "peak_memory": _peak_memory_bytes(on_gpu),
         "resumed_from": str(resumed_from) if resumed_from else None,

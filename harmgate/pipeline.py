@@ -90,10 +90,11 @@ def stage_train(run: RunDir, config: RunConfig) -> StageReport:
 
     started = time.time()
     metrics = train(run, config)
+    tokens = "tokens not counted" if metrics.get("tokens_seen") is None else f"{metrics['tokens_seen']} tokens"
     return StageReport("train", time.time() - started,
                        f"QLoRA ({config.quantization.quant_type}, r={config.lora.r}) {metrics['global_steps']} steps, "
                        f"loss {metrics['loss_curve'][0]['loss']:.3f} -> {metrics['final_loss']:.3f}, "
-                       f"{metrics['tokens_seen']} tokens in {metrics['wall_seconds']:.0f} s",
+                       f"{tokens} in {metrics['wall_seconds']:.0f} s",
                        {"adapter": str(run.adapter_dir)})
 
 

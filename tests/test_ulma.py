@@ -99,8 +99,10 @@ def test_method_trains_a_4bit_adapter(tmp_path, tiny_model_dir, method, sources)
     assert (run.adapter_dir / "adapter_config.json").is_file()
     if method == "ulma":  # both terms were really computed: the label column reached the loss
         assert any("ulma/negative_loss" in p and "ulma/positive_nll" in p for p in metrics["loss_curve"])
+        assert metrics["tokens_seen"] > 0
     else:
         assert any("rewards/margins" in p for p in metrics["loss_curve"])
+        assert metrics["tokens_seen"] is None  # TRL does not count DPO batches: unknown, not a measured 0
 
 
 def test_sft_refuses_negative_examples(tmp_path, tiny_model_dir):
