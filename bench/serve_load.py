@@ -175,39 +175,52 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_service(config: Path, api_key: str, log: Path, *, gunicorn: bool,
+                  workers: int | None = None) -> tuple[subprocess.Popen, str]:
+    """The service on a free loopback port, as production runs it (gunicorn) or the dev server; output to ``log``."""
+    port = free_port()
+    env = {**os.environ, "HARMGATE_API_KEYS": api_key, "PYTHONUNBUFFERED": "1"}
+    if gunicorn:
+        cmd = [str(Path(sys.executable).parent / "gunicorn"), "-c", str(REPO_ROOT / "serve" / "gunicorn.conf.py")]
+        env.update(HARMGATE_CONFIG=str(config), HARMGATE_BIND=f"127.0.0.1:{port}")
+        if workers is not None:
+            env["HARMGATE_WORKERS"] = str(workers)
+    else:
+        cmd = [sys.executable, "-m", "serve.runner", "--config", str(config), "--port", str(port)]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_until_ready(proc: subprocess.Popen, url: str, log: Path, stop, timeout_s: float = 300) -> None:
+    """Poll ``url``/readyz until it answers 200; exit naming the log if the server dies or time runs out."""
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"the service exited with {proc.returncode}; see {log}")
+        try:
+            if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            stop()
+            raise SystemExit(f"the service did not become ready in {timeout_s:.0f} s; see {log}")
+        time.sleep(0.5)
+
+
 class LiveService:
     """A service process on a free loopback port; ``one(i)`` sends prompt i as a client would."""
 
     def __init__(self, config: Path, prompts: list[str], max_tokens: int, api_key: str, gunicorn: bool,
                  log: Path) -> None:
-        import requests
-
         self.prompts, self.max_tokens, self.log = prompts, max_tokens, log
         self.headers = {"Authorization": f"Bearer {api_key}"}
-        port = free_port()
-        env = {**os.environ, "HARMGATE_API_KEYS": api_key, "PYTHONUNBUFFERED": "1"}
-        if gunicorn:
-            cmd = [str(Path(sys.executable).parent / "gunicorn"), "-c", str(REPO_ROOT / "serve" / "gunicorn.conf.py")]
-            env.update(HARMGATE_CONFIG=str(config), HARMGATE_BIND=f"127.0.0.1:{port}")
-        else:
-            cmd = [sys.executable, "-m", "serve.runner", "--config", str(config), "--port", str(port)]
-        self.url = f"http://127.0.0.1:{port}"
-        with open(log, "w") as out:
-            self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        self.proc, self.url = start_service(config, api_key, log, gunicorn=gunicorn)
         self.local = threading.local()
-        deadline = time.monotonic() + 300
-        while True:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"the service exited with {self.proc.returncode}; see {log}")
-            try:
-                if requests.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise SystemExit(f"the service did not become ready; see {log}")
-            time.sleep(0.5)
+        wait_until_ready(self.proc, self.url, log, self.stop)
         self.one(0)  # warm-up
 
     def one(self, i: int) -> tuple[float | None, int, str]:

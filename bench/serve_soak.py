@@ -36,7 +36,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 
-from serve_load import free_port, load_prompts, publish_model, write_config  # noqa: E402  (same fixtures)
+from serve_load import (load_prompts, publish_model, start_service, wait_until_ready,  # noqa: E402
+                        write_config)
 
 MIX = (("chat", 70), ("stream", 15), ("models", 5), ("readyz", 5), ("invalid", 5))
 
@@ -45,32 +46,9 @@ class Server:
     """The service in its own process (group), stopped with SIGTERM like a supervisor would."""
 
     def __init__(self, config: Path, api_key: str, log: Path, *, dev: bool, workers: int) -> None:
-        import requests
-
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "HARMGATE_API_KEYS": api_key, "PYTHONUNBUFFERED": "1"}
-        if dev:
-            cmd = [sys.executable, "-m", "serve.runner", "--config", str(config), "--port", str(port)]
-        else:
-            cmd = [str(Path(sys.executable).parent / "gunicorn"), "-c", str(REPO_ROOT / "serve" / "gunicorn.conf.py")]
-            env.update(HARMGATE_CONFIG=str(config), HARMGATE_BIND=f"127.0.0.1:{port}", HARMGATE_WORKERS=str(workers))
         self.log = log
-        with open(log, "w") as out:
-            self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 300
-        while True:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"the service exited with {self.proc.returncode}; see {log}")
-            try:
-                if requests.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise SystemExit(f"the service did not become ready in 300 s; see {log}")
-            time.sleep(0.5)
+        self.proc, self.url = start_service(config, api_key, log, gunicorn=not dev, workers=workers)
+        wait_until_ready(self.proc, self.url, log, self.stop)
 
     def rss_bytes(self) -> int:
         """RSS of the server and every process under it (gunicorn master + workers)."""
