@@ -22,6 +22,7 @@ from align.feedback import is_heldout
 from gates.records import object_prefix, parse_lines
 from gates.registry import Registry
 from tests.store_fixtures import SIGNING_KEY, free_port
+from tests.test_serve import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 HARMGATE = [sys.executable, "-m", "harmgate"]
@@ -92,17 +93,6 @@ def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([*HARMGATE, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=_env())
 
 
-def _wait(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.3)
-
-
 def _stored(store, version: str, kind: str) -> list[dict]:
     objects = Registry(store).objects
     return [r for k in objects.list_keys(object_prefix(store.prefix, NAME, version, kind))
@@ -134,7 +124,7 @@ def test_feedback_loop_serve_rate_export_train_gate_publish_hot_swap(tmp_path, s
                 return requests.get(f"{url}/healthz", timeout=2).json()
             except requests.ConnectionError:
                 return None
-        assert _wait(health, 90, "the service")["version"] == "v1"
+        assert wait_until(health, 90, "the service")["version"] == "v1"
 
         # -- 1. users chat with v1 and rate the replies ------------------------------------------------
         rated: dict[str, str] = {}
@@ -149,7 +139,7 @@ def test_feedback_loop_serve_rate_export_train_gate_publish_hot_swap(tmp_path, s
         forged = requests.post(f"{url}/v1/feedback", headers=auth, timeout=30,
                                json={"completion_id": "chatcmpl-" + "a" * 32, "rating": "good"})
         assert forged.status_code == 404  # no rating of text the service never returned
-        _wait(lambda: len(_stored(s3_store, "v1", "feedback")) == len(RATINGS), 30, "the ratings in S3")
+        wait_until(lambda: len(_stored(s3_store, "v1", "feedback")) == len(RATINGS), 30, "the ratings in S3")
 
         # -- 2. export ---------------------------------------------------------------------------------
         export = _cli("feedback", "export", "-c", str(cfg), "-o", str(tmp_path / "feedback"),
@@ -187,7 +177,7 @@ def test_feedback_loop_serve_rate_export_train_gate_publish_hot_swap(tmp_path, s
         assert "Does a system prompt alone get there?" in report and "feedback_heldout" in report
 
         # -- 4. the service hot-swaps to the new version, and its completions are rated under it ---------
-        assert _wait(lambda: (health() or {}).get("version") == v2, 60, f"the hot swap to {v2}")
+        assert wait_until(lambda: (health() or {}).get("version") == v2, 60, f"the hot swap to {v2}")
         chat = requests.post(f"{url}/v1/chat/completions", headers=auth, timeout=60, json={
             "messages": [{"role": "user", "content": "Is this the new model?"}], "max_tokens": 4})
         assert chat.json()["model"] == f"{NAME}:{v2}"
