@@ -13,6 +13,7 @@ from typing import Any, Sequence
 from markupsafe import escape
 
 from gates.charts import BASE_COLOUR, THRESHOLD_COLOUR
+from gates.summary import interval_text, value_text
 from harmgate.rundir import RunDir, read_json, write_json, write_text_atomic
 
 # One colour per compared run (after the grey base); enough for a handful of recipes.
@@ -66,16 +67,11 @@ def comparison(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "kpis": rows}
 
 
-def _num(v: Any) -> str:
-    return "n/a" if v is None else f"{v:.3f}"
-
-
 def _cell(c: dict[str, Any] | None) -> str:
     if not c or c.get("value") is None:
         return "n/a"
-    ci = c.get("ci95")
     mark = {"pass": "✅", "fail": "❌", "missing": "❌"}.get(c.get("status") or "", "")
-    return f"{mark} {_num(c['value'])}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+    return f"{mark} {value_text(c['value'])}{interval_text(c.get('ci95'))}"
 
 
 def comparison_markdown(comp: dict[str, Any]) -> str:
@@ -86,8 +82,7 @@ def comparison_markdown(comp: dict[str, Any]) -> str:
              "|---|---|---|---|---|" + "---|" * len(names)]
     for row in comp["kpis"]:
         base = row["base"] or {}
-        ci = base.get("ci95")
-        base_txt = _num(base.get("value")) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+        base_txt = value_text(base.get("value")) + interval_text(base.get("ci95"))
         lines.append(f"| {row['kpi']} | `{row['metric']}` | {str(row.get('bound') or '').replace('|', '/')} | "
                      f"{row['severity']} | {base_txt} | " + " | ".join(_cell(row["runs"].get(n)) for n in names) + " |")
     lines += ["", "| run | gate | blocking failures |", "|---|---|---|"]

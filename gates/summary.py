@@ -7,11 +7,11 @@ from typing import Any
 _RESULT = {"pass": "✅ pass", "fail": "❌ **FAIL**", "missing": "❌ **MISSING**"}
 
 
-def _num(v: Any) -> str:
+def value_text(v: Any) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-def _ci(ci: Any) -> str:
+def interval_text(ci: Any) -> str:
     return "" if not ci else f" [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
@@ -69,9 +69,9 @@ def kpi_markdown(verdict: dict[str, Any], run_dir: str | None = None) -> str:
               + "tuned (95% CI) | tuned − base (95% CI) | rules | severity |",
               "|---|---|---|---|---|---|---|---|" + ("---|" if prompted else "")]
     for k in kpis:
-        lines.append(f"| {_result(k)} | {_cell(k['name'])} | `{_cell(k['metric'])}` | {_num(k.get('base'))} | "
-                     + (f"{_num(k.get('prompted'))} | " if prompted else "")
-                     + f"{_num(k.get('tuned'))}{_ci(k.get('tuned_ci95'))} | {_delta(k)} | "
+        lines.append(f"| {_result(k)} | {_cell(k['name'])} | `{_cell(k['metric'])}` | {value_text(k.get('base'))} | "
+                     + (f"{value_text(k.get('prompted'))} | " if prompted else "")
+                     + f"{value_text(k.get('tuned'))}{interval_text(k.get('tuned_ci95'))} | {_delta(k)} | "
                      f"{_cell(k.get('bound') or ', '.join(b['bound'] for b in k.get('bounds', [])))} | "
                      f"{k['severity']} |")
     lines += _prompted_alone(verdict.get("prompted_alone"))
