@@ -52,6 +52,25 @@ sys.exit(0 if all(a[k] == b[k] for k in ("model", "evals")) else 1)
 PY
 }
 
+# One recipe's stages; returns the gate's exit status (0 passed, 1 blocked), or 3 when a stage before it failed.
+# (Explicit `|| return`: `set -e` does not apply inside a function called in an `||` list.)
+run_recipe() {
+  local recipe=$1 run=$2 rc=0
+  python3 -m harmgate data "configs/recipes/$recipe.yaml" --run-dir "$run" || return 3
+  if [ -d /tmp/base/evals/base ] && same_eval_setup /tmp/base "$run"; then
+    mkdir -p "$run/evals" && cp -r /tmp/base/evals/base "$run/evals/base" || return 3
+    echo "base evals reused from the $(cat /tmp/base/name) run (identical model and evals config)" | tee "$run/evals/base.reused-from.txt"
+  else
+    python3 -m harmgate eval "$run" --arm base || return 3
+    rm -rf /tmp/base && mkdir -p /tmp/base && cp -r "$run/evals" "$run/config.yaml" /tmp/base/ && echo "$recipe" > /tmp/base/name
+  fi
+  python3 -m harmgate train "$run" || return 3
+  python3 -m harmgate eval "$run" --arm tuned || return 3
+  python3 -m harmgate gate "$run" || rc=$?
+  python3 -m harmgate report "$run" || true
+  return "$rc"
+}
+
 run_recipes() {
   [ -f .stage/r3/scorers.part3 ] && cp .stage/r3/scorers.part3 /tmp/parts/
   assemble_scorers
@@ -64,29 +83,22 @@ PY
   echo "commit ${COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}" | tee -a "$OUT/versions.txt"
   [ -f /tmp/hgmodels/HuggingFaceTB/SmolLM2-135M-Instruct/config.json ] || \
     python3 -m harmgate models pull smollm2 --gguf /tmp/models/SmolLM2-135M-Instruct.Q4_1.gguf
-  local t0=$(date +%s)
+  local t0
+  t0=$(date +%s)
   for recipe in "$@"; do
     if [ $(( $(date +%s) - t0 )) -gt "${START_BY_S:-330}" ]; then
       echo "=== $recipe: skipped, ${START_BY_S:-330} s of this job already spent" | tee -a "$OUT/recipes.log"; continue
     fi
-    local run=/tmp/runs/$recipe start=$(date +%s) rc=0
+    local run=/tmp/runs/$recipe start rc=0
+    start=$(date +%s)
     rm -rf "$run"
-    {
-      echo "=== $recipe: $(date -u +%FT%TZ)"
-      python3 -m harmgate data "configs/recipes/$recipe.yaml" --run-dir "$run"
-      if [ -d /tmp/base/evals/base ] && same_eval_setup /tmp/base "$run"; then
-        mkdir -p "$run/evals" && cp -r /tmp/base/evals/base "$run/evals/base"
-        echo "base evals reused from the $(cat /tmp/base/name) run (identical model and evals config)" | tee "$run/evals/base.reused-from.txt"
-      else
-        python3 -m harmgate eval "$run" --arm base
-        rm -rf /tmp/base && mkdir -p /tmp/base && cp -r "$run/evals" "$run/config.yaml" /tmp/base/ && echo "$recipe" > /tmp/base/name
-      fi
-      python3 -m harmgate train "$run"
-      python3 -m harmgate eval "$run" --arm tuned
-      python3 -m harmgate gate "$run" || rc=$?
-      python3 -m harmgate report "$run" || true
-      echo "=== $recipe: gate exit $rc, $(( $(date +%s) - start )) s"
-    } >> "$OUT/recipes.log" 2>&1 || { rc=$?; echo "=== $recipe: FAILED (exit $rc)" >> "$OUT/recipes.log"; }
+    echo "=== $recipe: $(date -u +%FT%TZ)" >> "$OUT/recipes.log"
+    run_recipe "$recipe" "$run" >> "$OUT/recipes.log" 2>&1 || rc=$?
+    if [ "$rc" -eq 3 ]; then
+      echo "=== $recipe: FAILED before the gate (exit $rc), $(( $(date +%s) - start )) s" >> "$OUT/recipes.log"
+    else
+      echo "=== $recipe: gate exit $rc, $(( $(date +%s) - start )) s" >> "$OUT/recipes.log"
+    fi
     grep -E "^=== $recipe|^(data|train|merge|eval|gate) \(" "$OUT/recipes.log" | tail -n 8
     [ -d "$run/train/adapter" ] && tar czf "$OUT/adapter-$recipe.tgz" -C "$run/train" adapter
     tar czf "$OUT/run-$recipe.tgz" -C /tmp/runs --exclude=model --exclude=adapter --exclude=checkpoints \
