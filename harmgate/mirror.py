@@ -31,6 +31,17 @@ DATA_INDEX: dict[str, str] = {
     "tatsu-lab/alpaca:train": "instructions/alpaca/alpaca_5000.json",
     "GAIR/lima:train": "instructions/lima-and-demo/lima.json",
     "vinid/safety-tuned-llamas:train": "safety-tuned-llamas/data/training/safety_only_data_Instructions.json",
+    # Contrast and harmful-prompt training material (issue #14). Hub copies may differ in schema from these
+    # upstream files; the qa/prompt formats name their columns (DataSource.columns), so a config states which.
+    "furonghuang-lab/PHTest/claude-3.5-sonnet:train": "contrast/phtest/claude-3.5-sonnet.csv",
+    "furonghuang-lab/PHTest/gpt-3.5:train": "contrast/phtest/gpt-3.5.csv",
+    "allenai/coconot/pref:train": "contrast/coconot/coconot_pref.jsonl",
+    "bench-llm/or-bench/or-bench-hard-1k:train": "contrast/orbench-hard-1k/orbench_hard1k_english_union.jsonl",
+    "declare-lab/HarmfulQA:train": "harmful-prompts/red-instruct/harmfulqa.json",
+    "declare-lab/CategoricalHarmfulQA:en": "harmful-prompts/red-instruct/catqa_english.json",
+    "walledai/MaliciousInstruct:train": "harmful-prompts/strongreject-maliciousinstruct/malicious_instruct.json",
+    "walledai/StrongREJECT:train": "harmful-prompts/strongreject-maliciousinstruct/strongreject_minus_advbench_jbb.csv",
+    "tdavidson/hate_speech_offensive:train": "davidson-hate-speech/labeled_data.csv",
 }
 
 
