@@ -13,7 +13,7 @@ grep -qx '/.stage/' .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo 
 DATA=${HARMGATE_DATA_MIRROR:-../shared/data}
 MODELS=${HARMGATE_MODEL_DIR:-models}
 PY=${PY:-.venv/bin/python}
-CHUNK_MB=${CHUNK_MB:-60}
+CHUNK_MB=${CHUNK_MB:-52}  # + the working tree (a few MiB) stays under 64 MiB a job
 work=.stage/bundle && rm -rf "$work" .stage/p? .stage/p?? && mkdir -p "$work/wheels" "$work/gguf" "$work/models" "$work/site"
 plat=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
       --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64
