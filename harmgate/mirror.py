@@ -84,9 +84,31 @@ def _mirror_index(root: Path) -> dict[str, str]:
     return index
 
 
+MIRROR_SCHEME = "mirror:"
+
+
+def _resolve_in_mirror(ref: str, mirror: str | None) -> ResolvedData:
+    rel = ref[len(MIRROR_SCHEME):].lstrip("/")
+    root = data_mirror_root(mirror)
+    if root is None:
+        raise DataNotFound(f"{ref!r} names a file in the data mirror, and no mirror is set ({DATA_MIRROR_ENV} or "
+                           f"data.mirror); this dataset has no hub copy")
+    path = (root / rel).resolve()
+    if root.resolve() not in path.parents:
+        raise DataNotFound(f"{ref!r} points outside the data mirror {root}")
+    if not path.exists():
+        raise DataNotFound(f"{ref!r}: {path} does not exist in the data mirror")
+    return ResolvedData(ref, path)
+
+
 def resolve_data(ref: str, *, data_dir: str | None = None, split: str = "train",
                  mirror: str | None = None) -> ResolvedData:
-    """Local path, then the mirror, then the hub (returned unresolved for ``datasets`` to fetch)."""
+    """Local path, then the mirror, then the hub (returned unresolved for ``datasets`` to fetch).
+
+    ``mirror:REL/PATH`` names a file inside the data mirror itself, for data that has no hub copy (OKTest,
+    LLM-Safeguard's minimal pairs): a connected user needs the mirror for those, and the error says so."""
+    if ref.startswith(MIRROR_SCHEME):
+        return _resolve_in_mirror(ref, mirror)
     local = Path(ref).expanduser()
     if local.exists():
         return ResolvedData(ref, local, split=split)

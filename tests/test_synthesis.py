@@ -212,3 +212,20 @@ def test_data_stage_samples_the_base_and_records_every_outcome(tiny_model_dir, t
     before = run.train_data.read_text()
     stage_data(run, config)
     assert run.train_data.read_text() == before
+
+
+def test_mirror_scheme_reads_a_file_of_the_data_mirror_and_nothing_outside(shared_data):
+    from harmgate.mirror import DataNotFound, resolve_data
+
+    got = resolve_data("mirror:contrast/oktest/OKTest.csv", mirror=str(shared_data))
+    assert got.path == (shared_data / "contrast/oktest/OKTest.csv").resolve()
+    with pytest.raises(DataNotFound, match="outside the data mirror"):
+        resolve_data("mirror:../../etc/passwd", mirror=str(shared_data))
+    with pytest.raises(DataNotFound, match="no mirror is set"):
+        import os
+        saved = os.environ.pop("HARMGATE_DATA_MIRROR", None)
+        try:
+            resolve_data("mirror:contrast/oktest/OKTest.csv", mirror=None)
+        finally:
+            if saved is not None:
+                os.environ["HARMGATE_DATA_MIRROR"] = saved
