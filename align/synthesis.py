@@ -2,12 +2,15 @@
 source's intent asks for (rejection sampling; issue #14's levers 2 and 3).
 
 For each prompt, two conditions are sampled ``samples`` times each: *plain* (no system prompt: what the base
-model does by itself) and *steered* (a system prompt that pushes it towards the wanted behaviour). Then:
+model does by itself) and *steered*: for harmful and benign prompts a refusal-steering system prompt AND a
+prefilled refusal opener ("I'm sorry, but I can't help with that.") that the model continues in its own words
+(a 135M model ignores system prompts, not a prefilled opening); for continuations a "stay clean" system prompt.
+Then:
 
 | intent | chosen (SFT/ULMA positive, DPO chosen) | rejected (ULMA negative, DPO rejected) |
 |---|---|---|
 | harmful | a steered sample the judge calls a refusal, toxicity < max | a plain sample the judge calls compliance |
-| benign | a plain sample the judge does not call a refusal, toxicity < max | a sample (either) the judge calls a refusal: an over-refusal |
+| benign | a plain sample the judge calls compliance, toxicity < max | a sample the judge calls a refusal: an over-refusal (the steered, prefilled one first) |
 | continuation | the least toxic steered sample, toxicity < max, not a refusal | the most toxic plain sample, toxicity > min_toxicity_rejected |
 
 So the pairs are the model's own behaviour on both sides (on-policy), the judge and the toxicity scorer are the
@@ -55,7 +58,11 @@ def continuation_prompt(text: str) -> str:
 
 
 class Sampler(Protocol):
-    def __call__(self, prompts: list[str], *, system_prompt: str | None, k: int, seed: int) -> list[list[str]]: ...
+    """k samples per prompt; ``prefills[i]`` (if given) opens the assistant turn of prompt i and is part of the
+    returned text."""
+
+    def __call__(self, prompts: list[str], *, system_prompt: str | None, k: int, seed: int,
+                 prefills: list[str] | None = None) -> list[list[str]]: ...
 
 
 RefusalOracle = Callable[[Sequence[str], Sequence[str]], list[str]]   # (prompts, replies) -> judge labels
@@ -93,9 +100,14 @@ class Synthesizer:
     # --- the rules --------------------------------------------------------------------------------------------
     def _synthesise(self, intent: str, prompts: list[str]) -> list[Outcome]:
         cfg, k = self.config, self.config.samples
-        steer = cfg.clean_system_prompt if intent == "continuation" else cfg.refusal_system_prompt
         plain = self.sample(prompts, system_prompt=None, k=k, seed=self.seed)
-        steered = self.sample(prompts, system_prompt=steer, k=k, seed=self.seed + 1)
+        if intent == "continuation":
+            steered = self.sample(prompts, system_prompt=cfg.clean_system_prompt, k=k, seed=self.seed + 1)
+        else:  # a refusal in the model's own words after a prefilled opener (stable per prompt)
+            openers = [cfg.refusal_openers[int(hashlib.sha256(p.encode("utf-8")).hexdigest(), 16)
+                                           % len(cfg.refusal_openers)] for p in prompts]
+            steered = self.sample(prompts, system_prompt=cfg.refusal_system_prompt, k=k, seed=self.seed + 1,
+                                  prefills=openers)
         flat_prompts = [p for p, outs in zip(prompts, plain) for _ in outs] + \
                        [p for p, outs in zip(prompts, steered) for _ in outs]
         flat = [o for outs in plain for o in outs] + [o for outs in steered for o in outs]

@@ -171,6 +171,13 @@ class SynthesisConfig(_Section):
         "alternative. Otherwise answer helpfully.",
         description="Steers the base towards refusals: chosen replies for harmful prompts, and (as over-refusals) "
                     "rejected replies for benign ones")
+    refusal_openers: list[str] = Field(
+        default_factory=lambda: ["I'm sorry, but I can't help with that.", "I can't help with that request.",
+                                 "I won't help with this, because it could cause real harm.",
+                                 "Sorry, I can't assist with that."],
+        description="Assistant-turn prefills for the steered condition of harmful/benign prompts: the model writes "
+                    "the rest of the refusal in its own words. A small model ignores a system prompt (SmolLM2-135M "
+                    "complied with 6 of 6 harmful prompts under refusal_system_prompt), not a prefilled opening")
     clean_system_prompt: str = Field(
         "Continue the text in a calm, respectful way. Never use insults, slurs, profanity, threats or hateful "
         "language, even if the text itself does.",

@@ -87,6 +87,14 @@ def stage_data(run: RunDir, config: RunConfig) -> StageReport:
                        f"skipped rows by reason: {skipped}", {"manifest": str(run.data_manifest)})
 
 
+def _without_bos(tokenizer, text: str) -> str:
+    """A rendered chat without its leading BOS when the tokenizer adds one itself (Llama 3), so a raw-text
+    continuation of it does not start with two."""
+    bos = tokenizer.bos_token
+    adds_bos = bos is not None and tokenizer("x", add_special_tokens=True).input_ids[:1] == [tokenizer.bos_token_id]
+    return text[len(bos):] if adds_bos and text.startswith(bos) else text
+
+
 def _synthesizer(run: RunDir, config: RunConfig):
     """align.synthesis with the real instruments: the base model samples, the gate's judge and toxicity scorer
     accept or reject (built lazily: a rerun whose samples are all cached loads nothing)."""
@@ -94,7 +102,7 @@ def _synthesizer(run: RunDir, config: RunConfig):
 
     from align.models import load_causal_lm, load_tokenizer
     from align.synthesis import Synthesizer
-    from evals.generate import generate
+    from evals.generate import generate, render_prompts
     from evals.runner import default_toxicity_factory
     from harmgate.config import GenerationConfig
 
@@ -113,10 +121,16 @@ def _synthesizer(run: RunDir, config: RunConfig):
     gen = GenerationConfig(max_new_tokens=syn.max_new_tokens, batch_size=syn.batch_size,
                            temperature=syn.temperature, top_p=syn.top_p)
 
-    def sample(prompts, *, system_prompt, k, seed):
+    def sample(prompts, *, system_prompt, k, seed, prefills=None):
         m, tok = model()
-        return generate(m, tok, prompts, gen, k=k, seed=seed, system_prompt=system_prompt,
-                        desc="sampling training replies")
+        if not prefills:
+            return generate(m, tok, prompts, gen, k=k, seed=seed, system_prompt=system_prompt,
+                            desc="sampling training replies")
+        # A prefilled assistant turn: render the chat, append the opener, continue it as raw text.
+        texts = [_without_bos(tok, t) + opener
+                 for t, opener in zip(render_prompts(tok, prompts, system_prompt), prefills)]
+        outs = generate(m, tok, texts, gen, k=k, seed=seed, chat=False, desc="sampling training replies")
+        return [[(opener + o).strip() for o in per] for opener, per in zip(prefills, outs)]
 
     def judge(prompts, replies):
         if "judge" not in loaded:

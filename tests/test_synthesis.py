@@ -67,8 +67,8 @@ def _sampler(script):
     """Replies chosen by condition (plain / steered) from ``script``; counts calls."""
     calls = []
 
-    def sample(prompts, *, system_prompt, k, seed):
-        calls.append((tuple(prompts), system_prompt))
+    def sample(prompts, *, system_prompt, k, seed, prefills=None):
+        calls.append((tuple(prompts), system_prompt, tuple(prefills or ())))
         cond = "steered" if system_prompt else "plain"
         return [[script[cond](p, i) for i in range(k)] for p in prompts]
     sample.calls = calls
@@ -85,6 +85,8 @@ def test_harmful_intent_pairs_a_steered_refusal_with_the_base_compliance(tmp_pat
     # Cached: a second call (another recipe sharing the cache) samples nothing.
     again = Synthesizer(sample, _judge, _tox, SynthesisConfig(samples=2), "m", tmp_path / "cache.jsonl")
     assert again(src, ["pick a lock"]) == [out] and len(sample.calls) == 2
+    # The steered condition of a harmful prompt opens the assistant turn with a refusal opener.
+    assert sample.calls[0][2] == () and sample.calls[1][2][0] in SynthesisConfig().refusal_openers
     # Another model id is another key.
     other = Synthesizer(sample, _judge, _tox, SynthesisConfig(samples=2), "m2", tmp_path / "cache.jsonl")
     other(src, ["pick a lock"])
