@@ -51,11 +51,6 @@ class SamplingParams:
         and dividing logits by e.g. 1e-300 overflows to inf."""
         return self.temperature >= MIN_SAMPLING_TEMPERATURE
 
-    @property
-    def batch_key(self) -> tuple[()]:
-        """Every setting applies per row (``_ChooseRows``), so any requests may share a ``generate`` call."""
-        return ()
-
 
 @dataclass(frozen=True)
 class TokenLogprob:
@@ -254,7 +249,8 @@ class Engine:
                           ticket.finish_reason or LENGTH)
 
     def run_batch(self, tickets: list[Ticket]) -> None:
-        """Generate for every ticket (same ``batch_key``) in one ``model.generate``; tickets end in any state."""
+        """Generate for every ticket in one ``model.generate`` (each with its own settings, ``_ChooseRows``);
+        tickets end in any state."""
         import torch
         from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 

@@ -189,7 +189,7 @@ def test_protected_endpoints_need_the_key(service, path, method, header):
     resp = requests.request(method, f"{service.url}{path}", headers=headers, json=CHAT, timeout=30)
     assert resp.status_code == 401, resp.text
     assert resp.headers["WWW-Authenticate"].startswith("Bearer")
-    assert resp.json()["error"]["type"] == "authentication_error"
+    assert resp.json()["error"]["code"] == "invalid_api_key"
 
 
 def test_models_lists_the_verified_version_and_gate(service, s3_store):
@@ -242,7 +242,7 @@ def test_streaming_matches_the_plain_reply(service):
     chunks = events[:-1]
     assert all(c["object"] == "chat.completion.chunk" and c["model"] == f"{NAME}:v1" for c in chunks)
     assert len({c["id"] for c in chunks}) == 1 and chunks[0]["id"].startswith("chatcmpl-")
-    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "", "refusal": None}
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
     assert text == plain["message"]["content"]
     final = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
