@@ -302,7 +302,8 @@ def create_app(rt: Runtime) -> Flask:
             if (start >= chars) if final else (end > chars):
                 break
             lp = ticket.logprobs[i]
-            entries.append(R.token_logprob(pieces[i], lp.logprob, [(engine.token_text(t), v) for t, v in lp.top]))
+            entries.append(R.token_logprob(engine.token_bytes(lp.token), lp.logprob,
+                                           [(engine.token_bytes(t), v) for t, v in lp.top]))
             i += 1
         return entries, i
 

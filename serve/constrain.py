@@ -57,6 +57,13 @@ class GrammarCompiler:
                     raise ConstraintError(f"the constrained decoder cannot read this tokenizer: {err}") from None
             return self._tokenizer
 
+    def token_bytes(self, token: int) -> bytes | None:
+        """A token's raw bytes (part of a UTF-8 character, for some), or None where the tokenizer is not wrapped."""
+        try:
+            return bytes(self._ll_tokenizer().decode_bytes([token]))
+        except ConstraintError:
+            return None
+
     def compile(self, kind: str, schema: dict[str, Any] | None = None) -> Grammar:
         """The grammar for ``json_object`` (any JSON object) or ``json_schema`` (``schema``); ConstraintError if
         the schema is not one llguidance can enforce."""

@@ -211,8 +211,10 @@ class Engine:
         full = self.decode(ticket.tokens[:count])
         return [full[(ends[i - 1] if i else 0):ends[i]] for i in range(count)]
 
-    def token_text(self, token: int) -> str:
-        return self.tokenizer.decode([token], skip_special_tokens=False)
+    def token_bytes(self, token: int) -> bytes:
+        """The token's raw bytes (a token may hold part of a UTF-8 character: OpenAI's logprobs ``bytes``)."""
+        raw = self.grammars.token_bytes(token)
+        return raw if raw is not None else self.tokenizer.decode([token], skip_special_tokens=False).encode()
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         # Render to text, then tokenize without extra specials: the template already has its turn markers.

@@ -36,11 +36,18 @@ def _logprob(value: float) -> float:
     return value if value >= MIN_LOGPROB else MIN_LOGPROB  # also maps nan (comparison false) to the floor
 
 
-def token_logprob(text: str, logprob: float, top: list[tuple[str, float]]) -> dict[str, Any]:
-    """One entry of ``logprobs.content``: the token's text, its UTF-8 bytes, its log-probability, alternatives."""
-    return {"token": text, "logprob": _logprob(logprob), "bytes": list(text.encode("utf-8", "replace")),
-            "top_logprobs": [{"token": t, "logprob": _logprob(lp), "bytes": list(t.encode("utf-8", "replace"))}
-                             for t, lp in top]}
+def token_string(raw: bytes) -> str:
+    """A token as OpenAI shows it: its text, or ``bytes:\\xe2\\x80`` for part of a UTF-8 character."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
+
+def token_logprob(raw: bytes, logprob: float, top: list[tuple[bytes, float]]) -> dict[str, Any]:
+    """One entry of ``logprobs.content``: the token as text, its bytes, its log-probability, alternatives."""
+    return {"token": token_string(raw), "logprob": _logprob(logprob), "bytes": list(raw),
+            "top_logprobs": [{"token": token_string(t), "logprob": _logprob(lp), "bytes": list(t)} for t, lp in top]}
 
 
 def logprobs_block(entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
