@@ -307,12 +307,14 @@ def create_app(rt: Runtime) -> Flask:
             i += 1
         return entries, i
 
+    def _alternatives(entries: list[dict[str, Any]]) -> str:
+        """top_logprobs sends tokens the model did not choose: they are model text too, and pass moderation."""
+        return " ".join(t["token"] for e in entries for t in e.get("top_logprobs") or [])
+
     def _check_alternatives(entries: list[dict[str, Any]], verdict: ModerationResult) -> ModerationResult:
-        """top_logprobs sends tokens the model did not choose: they are text too, and pass moderation first."""
-        alternatives = " ".join(t["token"] for e in entries for t in e.get("top_logprobs") or [])
-        if verdict.flagged or not alternatives.strip():
+        if verdict.flagged or not _alternatives(entries).strip():
             return verdict
-        alt = moderator.check(alternatives)
+        alt = moderator.check(_alternatives(entries))
         return alt if alt.flagged else verdict
 
     def _stream(rid: str, created: int, started: float, req: ChatRequest, served: Served,
@@ -341,9 +343,8 @@ def create_app(rt: Runtime) -> Flask:
             if req.logprobs:
                 entries, sent_tokens = _logprob_entries(engine, ticket, req, sent_tokens, gate.released,
                                                         final=final)
-                alt = _check_alternatives(entries, gate.last) if gate.last is not None else None
-                if alt is not None and alt.flagged:
-                    gate.last = alt
+                alt = gate.check_extra(_alternatives(entries))
+                if alt is not None:
                     return None, alt
                 if not delta and not entries:
                     return None, None

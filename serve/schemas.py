@@ -98,6 +98,8 @@ class TextPart(_Strict):
     type: Literal["text", "refusal"] = Field(description="text; an assistant's earlier refusal is read as text")
     text: str | None = None
     refusal: str | None = None
+    prompt_cache_breakpoint: dict[str, Any] | None = Field(None, description="accepted; this service keeps no "
+                                                                              "prompt cache (no effect)")
 
     @model_validator(mode="after")
     def _has_text(self) -> "TextPart":

@@ -78,6 +78,27 @@ def test_client_version_is_the_pinned_one():
     assert f'"openai=={openai.__version__}"' in pyproject
 
 
+def test_every_field_the_client_can_send_is_declared():
+    """Each request and message field of the pinned client is in serve/schemas.py, so it is honoured or refused by
+    name, never dropped as unknown: a client upgrade that adds a field fails here until the field is decided."""
+    import typing
+
+    from openai.types.chat import completion_create_params as params
+    from openai.types.chat import (chat_completion_content_part_refusal_param as refusal_part,
+                                   chat_completion_content_part_text_param as text_part)
+
+    from serve.schemas import ChatMessage, ChatRequest, TextPart
+
+    def keys(typed_dict) -> set[str]:
+        return set(typed_dict.__required_keys__ | typed_dict.__optional_keys__)
+
+    assert keys(params.CompletionCreateParamsStreaming) <= set(ChatRequest.model_fields)
+    for message in typing.get_args(typing.get_type_hints(params.CompletionCreateParamsBase)["messages"])[0].__args__:
+        assert keys(message) <= set(ChatMessage.model_fields), message.__name__
+    for part in (text_part.ChatCompletionContentPartTextParam, refusal_part.ChatCompletionContentPartRefusalParam):
+        assert keys(part) <= set(TextPart.model_fields), part.__name__
+
+
 # -- models ----------------------------------------------------------------------------------------------------
 def test_models_list_and_retrieve(client):
     [model] = client.models.list().data

@@ -190,3 +190,25 @@ def test_batcher_backpressure_and_cancellation(engine):
     with pytest.raises(BatcherClosed):
         batcher.submit(prompt, params)
     batcher.join(10)
+
+
+# -- constrained decoding -----------------------------------------------------------------------------------------
+def test_grammar_mask_matches_llguidance_and_refuses_bad_schemas(engine):
+    """serve/constrain.py unpacks llguidance's bitmask itself (no torch.compile): it must agree with llguidance's
+    own per-token view, step by step along a valid reply."""
+    import pytest as _pytest
+
+    from serve.constrain import ConstraintError
+
+    grammar = engine.grammars.compile("json_schema", {"type": "object", "properties": {"ok": {"type": "boolean"}},
+                                                      "required": ["ok"], "additionalProperties": False})
+    matcher = engine.grammars.matcher(grammar)
+    for token in engine.tokenizer.encode('{"ok": true}', add_special_tokens=False):
+        expected = [b == 200 for b in matcher._m.compute_logit_bias()][:engine.vocab_size]
+        allowed = matcher.allowed(engine.vocab_size).tolist()
+        assert allowed == expected + [False] * (engine.vocab_size - len(expected))
+        assert allowed[token], engine.tokenizer.decode([token])
+        matcher.consume(token)
+    assert matcher.allowed(engine.vocab_size).nonzero().flatten().tolist() == sorted(engine.eos_ids)
+    with _pytest.raises(ConstraintError, match="cannot be enforced"):
+        engine.grammars.compile("json_schema", {"type": "strnig"})
