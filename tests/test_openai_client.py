@@ -11,15 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sys
 
 import openai
 import pytest
 from pydantic import BaseModel
 
-from tests.store_fixtures import free_port
-from tests.test_serve import (API_KEY, REFUSAL, blocklist_moderation, publish, server_env, start_process,
-                              stop_process, write_config)
+from tests.test_serve import API_KEY, REFUSAL, blocklist_moderation, publish, runner_process, write_config
 
 NAME = "tiny-openai"
 MODEL = f"{NAME}:v1"
@@ -44,15 +41,8 @@ def service(s3_store, tiny_model_dir, tmp_path_factory):
     blocklist.write_text("# nothing blocked yet\n")
     config = write_config(tmp, NAME, s3_store, registry_poll_s=5, max_new_tokens=CAP,
                           moderation=blocklist_moderation(blocklist))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tmp / "serve.log"
-    proc = start_process([sys.executable, "-m", "serve.runner", "--config", str(config), "--port", str(port)], log,
-                         server_env(HARMGATE_API_KEYS=API_KEY), url)
-    try:
-        yield Service(url, log, blocklist)
-    finally:
-        stop_process(proc)
+    with runner_process(config, tmp / "serve.log") as url:
+        yield Service(url, tmp / "serve.log", blocklist)
 
 
 @pytest.fixture(scope="module")

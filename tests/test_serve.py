@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,13 +147,19 @@ def service(s3_store, tiny_model_dir, tmp_path_factory) -> Iterator[Service]:
     report.write_text("<!doctype html><title>harmgate report</title><h1>KPIs</h1>")
     config = write_config(tmp, NAME, s3_store, registry_poll_s=0.5, max_body_bytes=16384,
                           dashboard_path=str(report), moderation=blocklist_moderation(blocklist))
+    with runner_process(config, tmp / "serve.log") as url:
+        yield Service(url, tmp / "serve.log", blocklist, tmp)
+
+
+@contextmanager
+def runner_process(config: Path, log: Path) -> Iterator[str]:
+    """``python -m serve.runner`` on a free loopback port with API_KEY, until the block ends; yields its URL."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = tmp / "serve.log"
     proc = start_process([sys.executable, "-m", "serve.runner", "--config", str(config), "--port", str(port)], log,
                          server_env(HARMGATE_API_KEYS=API_KEY), url)
     try:
-        yield Service(url, log, blocklist, tmp)
+        yield url
     finally:
         stop_process(proc)
 
