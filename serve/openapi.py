@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from harmgate.config import ServiceConfig
 from serve.feedback import FEEDBACK_PATH, FeedbackRequest
@@ -30,9 +30,11 @@ class _Body(BaseModel):
 
 class ErrorDetail(_Body):
     message: str
-    type: str
-    param: str | None
-    code: str | None
+    type: str = Field(description="invalid_request_error (the client can fix it), server_error, requests (429)")
+    param: str | None = Field(description="the request field at fault, e.g. tools or messages[0].content[1].type")
+    code: str | None = Field(description="OpenAI's codes: unsupported_parameter, unknown_parameter, invalid_value, "
+                                         "invalid_json, context_length_exceeded, invalid_api_key, model_not_found, "
+                                         "request_too_large, rate_limit_exceeded, service_unavailable")
 
 
 class ErrorBody(_Body):
