@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,13 +147,19 @@ def service(s3_store, tiny_model_dir, tmp_path_factory) -> Iterator[Service]:
     report.write_text("<!doctype html><title>harmgate report</title><h1>KPIs</h1>")
     config = write_config(tmp, NAME, s3_store, registry_poll_s=0.5, max_body_bytes=16384,
                           dashboard_path=str(report), moderation=blocklist_moderation(blocklist))
+    with runner_process(config, tmp / "serve.log") as url:
+        yield Service(url, tmp / "serve.log", blocklist, tmp)
+
+
+@contextmanager
+def runner_process(config: Path, log: Path) -> Iterator[str]:
+    """``python -m serve.runner`` on a free loopback port with API_KEY, until the block ends; yields its URL."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = tmp / "serve.log"
     proc = start_process([sys.executable, "-m", "serve.runner", "--config", str(config), "--port", str(port)], log,
                          server_env(HARMGATE_API_KEYS=API_KEY), url)
     try:
-        yield Service(url, log, blocklist, tmp)
+        yield url
     finally:
         stop_process(proc)
 
@@ -189,7 +196,7 @@ def test_protected_endpoints_need_the_key(service, path, method, header):
     resp = requests.request(method, f"{service.url}{path}", headers=headers, json=CHAT, timeout=30)
     assert resp.status_code == 401, resp.text
     assert resp.headers["WWW-Authenticate"].startswith("Bearer")
-    assert resp.json()["error"]["type"] == "authentication_error"
+    assert resp.json()["error"]["code"] == "invalid_api_key"
 
 
 def test_models_lists_the_verified_version_and_gate(service, s3_store):
@@ -242,7 +249,7 @@ def test_streaming_matches_the_plain_reply(service):
     chunks = events[:-1]
     assert all(c["object"] == "chat.completion.chunk" and c["model"] == f"{NAME}:v1" for c in chunks)
     assert len({c["id"] for c in chunks}) == 1 and chunks[0]["id"].startswith("chatcmpl-")
-    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "", "refusal": None}
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
     assert text == plain["message"]["content"]
     final = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
