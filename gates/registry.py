@@ -40,7 +40,7 @@ from typing import Any
 from gates.manifest import build_manifest, digest, file_entries, safe_relpath, utc_now
 from gates.s3 import (ObjectExists, ObjectNotFound, ObjectStore, RegistryError, StoreUnavailable, _stored_problems,
                       sha256_and_etag)
-from gates.trust import (MANIFEST_PATH, CheckFailed, Statement, TrustError, TrustStore, load_trust,
+from gates.trust import (MANIFEST_PATH, CheckFailed, Statement, TrustError, TrustStore, trust_path,
                          verify_model_signature, verify_revocations)
 from harmgate.config import StoreConfig
 
@@ -81,7 +81,8 @@ def refusal(cls: type[CheckFailed], name: str, version: str, err: CheckFailed | 
             check: str | None = None) -> CheckFailed:
     """``<name>:<version> refused by the <check> check: <why>``: the one line a log or a startup error shows."""
     check = check or (err.check if isinstance(err, CheckFailed) else cls.check)
-    return cls(f"{name}:{version} refused by the {check} check: {err}", check)
+    detail = err.detail if isinstance(err, CheckFailed) else str(err)
+    return cls(f"{name}:{version} refused by the {check} check: {detail}", check, detail)
 
 
 @dataclass(frozen=True)
@@ -165,11 +166,20 @@ class Registry:
         self.config = store
         self.objects = ObjectStore(store, client, **transfer)
         self.prefix = store.prefix.strip("/")
-        self._trust = trust
+        self._trust, self._fixed_trust, self._trust_stamp = trust, trust is not None, None
 
     def trust(self) -> TrustStore:
-        if self._trust is None:
-            self._trust = load_trust(self.config)
+        """The trust file, re-read when it changes (a rotation reaches running services at their next poll)."""
+        if self._fixed_trust:
+            return self._trust
+        path = trust_path(self.config)
+        try:
+            stat = path.stat()
+            stamp = (str(path), stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            stamp = None
+        if self._trust is None or stamp != self._trust_stamp:
+            self._trust, self._trust_stamp = TrustStore.load(path), stamp
         return self._trust
 
     # -- layout -------------------------------------------------------------------------------------
@@ -426,9 +436,9 @@ class Registry:
             return "unverified", None, str(err), None
         except CheckFailed as err:
             state = {"legacy approval": "legacy-hmac"}.get(err.check, "invalid")
-            if "no signature (" in str(err):
+            if err.detail.startswith(f"no signature ({SIGNATURE})"):
                 state = "missing"
-            return state, err.check, str(err), None
+            return state, err.check, err.detail, None
         return "valid", None, None, statement.key_id
 
     def _listed_manifest(self, name: str, version: str) -> dict[str, Any] | None:

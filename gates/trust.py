@@ -54,10 +54,11 @@ class CheckFailed(RegistryError):
 
     check = "signature"
 
-    def __init__(self, message: str, check: str | None = None) -> None:
+    def __init__(self, message: str, check: str | None = None, detail: str | None = None) -> None:
         super().__init__(message)
         if check is not None:
             self.check = check
+        self.detail = detail or message  # the message without the "<name>:<version> refused by ..." prefix
 
 
 class TrustError(RegistryError):

@@ -55,8 +55,9 @@ def blocklist_moderation(path: Path, **extra) -> dict:
 
 
 def server_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "HARMGATE_API_KEYS"}
-    return {**env, StoreConfig().signing_key_env: SIGNING_KEY, "PYTHONUNBUFFERED": "1", **extra}
+    """A serving node's environment: the trust file (public keys, exported for the session), never a private key."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HARMGATE_API_KEYS", StoreConfig().signing_key_env)}
+    return {**env, "PYTHONUNBUFFERED": "1", **extra}
 
 
 def publish(store: StoreConfig, model_dir: Path, name: str, version: str, **attachments: bytes) -> None:
