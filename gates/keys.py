@@ -121,3 +121,13 @@ def export_public(trust: TrustStore, prefix: str) -> bytes:
 def signing_key_of(keys_dir: Path) -> SigningKey:
     path = Path(keys_dir) / SIGNING_KEY_FILE
     return _parse_private(path.read_bytes(), str(path))
+
+
+def local_key_env(keys_dir: Path) -> dict[str, str]:
+    """Environment for a publisher and services on one machine (demo, benchmarks): a key pair in ``keys_dir``
+    (made if missing) as ``HARMGATE_SIGNING_KEY_FILE`` and ``HARMGATE_TRUST_FILE``."""
+    keys_dir = Path(keys_dir)
+    if not (keys_dir / SIGNING_KEY_FILE).exists():
+        generate(keys_dir, label="local")
+    return {"HARMGATE_SIGNING_KEY_FILE": str(keys_dir / SIGNING_KEY_FILE),
+            "HARMGATE_TRUST_FILE": str(keys_dir / TRUST_FILE)}

@@ -624,6 +624,22 @@ class Registry:
                                  statement.resources[MANIFEST_PATH], statement.key_id)
         return None
 
+    def download(self, name: str, version: str, out: Path) -> tuple[Path, Path]:
+        """The version as stored, unverified: ``out/files/`` (the signed folder) and ``out/model.sig``, for a
+        verifier that is not harmgate (``model_signing verify key out/files --signature out/model.sig ...``)."""
+        self._require_version(name, version)
+        out = Path(out)
+        prefix = self._key(name, version, "files") + "/"
+        for key in self.objects.list_keys(prefix):
+            target = out / "files" / safe_relpath(key[len(prefix):])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.objects.download_file(key, target)
+        try:
+            self.objects.download_file(self._key(name, version, SIGNATURE), out / SIGNATURE)
+        except ObjectNotFound:
+            raise refusal(NotApproved, name, version, f"no signature ({SIGNATURE})") from None
+        return out / "files", out / SIGNATURE
+
     # -- migration from the HMAC scheme -------------------------------------------------------------
     def resign(self, name: str, version: str, *, hmac_key: bytes,
                progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:

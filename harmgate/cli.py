@@ -274,6 +274,23 @@ def registry_revoke(name: str, version: str, reason: str = typer.Option(..., hel
     console.print(f"revoked {name} {version} (revocation list sequence {record['sequence']})")
 
 
+@registry_app.command("download")
+def registry_download(name: str, version: str, out: Path = typer.Option(..., help="Folder to write files/ and "
+                                                                                  "model.sig into"),
+                      config: Optional[Path] = typer.Option(None, "--config", "-c")) -> None:
+    """A version as stored (not verified): verify it with `model_signing verify key OUT/files --signature
+    OUT/model.sig --public_key KEY.pub`, no harmgate needed."""
+    from gates.registry import Registry, RegistryError
+
+    try:
+        files, signature = Registry(_store_config(config)).download(name, version, out)
+    except RegistryError as err:
+        _fail(str(err))
+    console.print(f"downloaded {name} {version}: {files} and {signature} (not verified; verify with "
+                  f"model_signing verify key {files} --signature {signature} --public_key KEY.pub)",
+                  soft_wrap=True, highlight=False)
+
+
 @registry_app.command("resign")
 def registry_resign(name: str, version: str, config: Optional[Path] = typer.Option(None, "--config", "-c")) -> None:
     """Move a version approved under the retired HMAC scheme to a model-signing signature.
