@@ -461,7 +461,9 @@ class Registry:
         if status == "valid":
             statement = self._statement(name, version).harmgate
         rev = self.revocation_state(name)
+        raw = self._manifest_bytes(name, version)
         return {"name": name, "version": version, "manifest": manifest, "signature_status": status,
+                "manifest_sha256": hashlib.sha256(raw).hexdigest() if raw is not None else None,
                 "check": check, "problem": why, "key_id": kid, "statement": statement,
                 "revoked": rev.revoked.get(version), "revocation_problem": rev.problem}
 
@@ -641,23 +643,63 @@ class Registry:
         return out / "files", out / SIGNATURE
 
     # -- migration from the HMAC scheme -------------------------------------------------------------
-    def resign(self, name: str, version: str, *, hmac_key: bytes,
+    def resign(self, name: str, version: str, *, hmac_key: bytes | None = None,
                progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-        """Move a version approved under the retired HMAC scheme to a model-signing signature.
-
-        The old approval must verify with the old HMAC key against the stored manifest, and every file must
-        match that manifest (downloaded and hashed); then the signed folder's records are written and the
-        version signed with the current key, as a publish would. A revoked version is not re-signed."""
-        from gates.legacy_hmac import verify_legacy_approval
-
+        """Sign a version again with the current key: after a rotation (signed by a retired key still in its grace
+        period), or to move a version approved under the retired HMAC scheme (``hmac_key``: the old key; default
+        ``$HARMGATE_HMAC_KEY``) to a model-signing signature. Either way the old approval must verify and every
+        file is downloaded and checked against what it approved before anything is signed; a revoked version is
+        not re-signed. The revocation list is re-signed with the current key too if another key signed it."""
         self._require_version(name, version)
         if self.objects.exists(self._key(name, version, SIGNATURE)):
-            raise RegistryError(f"{name}:{version} already has a {SIGNATURE}; nothing to re-sign")
+            return self._resign_signed(name, version, progress)
+        return self._resign_legacy(name, version, hmac_key, progress)
+
+    def _resign_signed(self, name: str, version: str, progress: Callable[[str], None]) -> dict[str, Any]:
+        from gates.signer import check_can_sign, load_signing_key, sign_folder, sign_revocations
+
+        key = load_signing_key(self.config)
+        check_can_sign(key, self.trust())
+        statement, manifest, manifest_sha256 = self._verified_manifest(name, version)
+        if self.revocation_state(name).revoked.get(version) is not None:
+            raise Revoked(f"{name}:{version} is revoked; not re-signed")
+        if statement.key_id != key.key_id:
+            entries = _entries(statement, manifest, name, version)
+            with tempfile.TemporaryDirectory(prefix=".harmgate-resign-") as tmp:
+                tree = Path(tmp) / name
+                for entry in entries:
+                    target = tree / entry["path"]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    progress(f"downloading {entry['path']}")
+                    self.objects.download_file(self.file_key(name, version, entry["path"]), target)
+                try:
+                    _verify_dir(tree, entries, f"{name}:{version} as stored", self._etag)
+                except IntegrityError as err:
+                    raise refusal(IntegrityError, name, version, err) from None
+                meta = {**statement.harmgate, "signed_at": utc_now(), "resigned_from_key": statement.key_id}
+                signature = sign_folder(tree, key, meta)
+            statement = verify_model_signature(signature, self.trust(), name=name, version=version)
+            self.objects.put_bytes(self._key(name, version, SIGNATURE), signature)  # replaces the old key's
+        raw = self.objects.get_bytes(self._revocations_key(name))
+        if raw is not None:
+            listed = verify_revocations(raw, self.trust(), name=name)
+            if listed.key_id != key.key_id:
+                self.objects.put_bytes(self._revocations_key(name), sign_revocations(
+                    key, name=name, sequence=listed.sequence + 1, revoked=dict(listed.revoked)))
+        return self._record(name, version, manifest, manifest_sha256, statement)
+
+    def _resign_legacy(self, name: str, version: str, hmac_key: bytes | None,
+                       progress: Callable[[str], None]) -> dict[str, Any]:
+        from gates.legacy_hmac import verify_legacy_approval
+
+        from gates.legacy_hmac import hmac_key as legacy_key
+
         legacy = self.objects.get_json(self._key(name, version, "manifest.json"))
         if not isinstance(legacy, dict):
             raise VersionNotFound(f"{name}:{version} has no HMAC-era manifest.json at {self._where(name, version)}")
         approval = self.objects.get_json(self._key(name, version, "approval.json"))
-        verify_legacy_approval(hmac_key, approval, name=name, version=version, manifest_sha256=digest(legacy))
+        verify_legacy_approval(hmac_key or legacy_key(), approval, name=name, version=version,
+                               manifest_sha256=digest(legacy))
         if (old := self.objects.get_json(self._key(name, version, "revoked.json"))) is not None:
             raise Revoked(f"{name}:{version} was revoked under the old scheme ({old.get('reason')}); not re-signed")
         if self.revocation_state(name).revoked.get(version) is not None:

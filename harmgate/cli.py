@@ -293,15 +293,15 @@ def registry_download(name: str, version: str, out: Path = typer.Option(..., hel
 
 @registry_app.command("resign")
 def registry_resign(name: str, version: str, config: Optional[Path] = typer.Option(None, "--config", "-c")) -> None:
-    """Move a version approved under the retired HMAC scheme to a model-signing signature.
+    """Sign a version again with the current key: after `harmgate keys rotate` (within the old key's grace
+    period), or to move a version approved under the retired HMAC scheme (old key in $HARMGATE_HMAC_KEY).
 
-    Needs the old HMAC key in $HARMGATE_HMAC_KEY (to verify the old approval) and the current signing key;
-    every file is downloaded and checked against the HMAC-approved manifest before anything is signed."""
-    from gates.legacy_hmac import hmac_key
+    The old approval must verify and every file is downloaded and checked against it before anything is
+    signed; the revocation list is re-signed with the current key as well."""
     from gates.registry import Registry, RegistryError
 
     try:
-        record = Registry(_store_config(config)).resign(name, version, hmac_key=hmac_key(),
+        record = Registry(_store_config(config)).resign(name, version,
                                                         progress=lambda m: console.print(m, highlight=False))
     except RegistryError as err:
         _fail(str(err))

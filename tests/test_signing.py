@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from gates.keys import generate, rotate
 from gates.legacy_hmac import APPROVAL_SCHEMA, SIGNATURE_ALG, legacy_signature
 from gates.manifest import digest, file_entries, utc_now
 from gates.registry import NotApproved, Registry, RegistryError
@@ -142,5 +143,38 @@ def test_hmac_approved_version_is_refused_until_resigned(s3_store, s3_store_info
         assert registry.fetch_attachment(name, "v2", "report.html") == b"<html>old report</html>"
         svc.handle.watcher.poll_once()
         assert svc.served == "v2" and svc.post("/v1/chat/completions", CHAT).json()["model"] == f"{name}:v2"
-    with pytest.raises(RegistryError, match="nothing to re-sign"):
-        registry.resign(name, "v2", hmac_key=hmac_key.encode())
+    record = registry.resign(name, "v2")  # already signed with the current key: nothing changes
+    assert record["key_id"] == registry.show(name, "v2")["key_id"]
+
+
+def test_rotation_then_resign_keeps_versions_verifying_after_the_grace_date(s3_store, tiny_model_dir, tmp_path,
+                                                                           monkeypatch):
+    keys, name = tmp_path / "keys", "rotated"
+    generate(keys)
+    monkeypatch.setenv(s3_store.trust_file_env, str(keys / "trust.json"))
+    monkeypatch.setenv(s3_store.signing_key_env, (keys / "signing.key").read_text())
+    publish_as = lambda version: Registry(s3_store).publish(  # noqa: E731
+        name, tiny_model_dir, verdict={"passed": True}, metrics={}, config={}, provenance={}, base_model="x",
+        version=version)
+    old_id = publish_as("v1")["key_id"]
+    publish_as("v2")
+    Registry(s3_store).revoke(name, "v2", "bad")
+    rotate(keys, grace_days=1)
+    monkeypatch.setenv(s3_store.signing_key_env, (keys / "signing.key").read_text())
+    registry = Registry(s3_store)
+    assert registry.show(name, "v1")["signature_status"] == "valid", "within the grace period"
+    record = registry.resign(name, "v1")
+    assert record["key_id"] != old_id
+    assert registry.show(name, "v1")["statement"]["resigned_from_key"] == old_id
+    with pytest.raises(Exception, match="is revoked; not re-signed"):
+        registry.resign(name, "v2")
+
+    # The grace date passes: what the old key signed (nothing, now) is refused; v1 and the list still verify.
+    trust = json.loads((keys / "trust.json").read_text())
+    for entry in trust["keys"]:
+        if entry["key_id"] == old_id:
+            entry["valid_until"] = "2000-01-01T00:00:00Z"
+    (keys / "trust.json").write_text(json.dumps(trust))
+    rows = {r["version"]: r for r in Registry(s3_store).list_versions(name, tmp_path / "cache")}
+    assert rows["v1"]["signature"] == "valid" and rows["v1"]["revocation_problem"] is None
+    assert rows["v2"]["revoked"] and rows["v2"]["check"] == "retired key"
