@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from gates.manifest import build_manifest, digest, file_entries, safe_relpath, utc_now
-from gates.s3 import (ObjectExists, ObjectNotFound, ObjectStore, RegistryError, StoreUnavailable, _stored_problems,
+from gates.s3 import (ObjectExists, ObjectNotFound, ObjectStore, RegistryError, StoreUnavailable, stored_problems,
                       sha256_and_etag)
 from gates.trust import (MANIFEST_PATH, CheckFailed, Statement, TrustError, TrustStore, trust_path,
                          verify_model_signature, verify_revocations)
@@ -580,14 +580,11 @@ class Registry:
         elif marker.get("signature") is not None and signature.decode(errors="replace") != marker["signature"]:
             problems.append(f"{SIGNATURE} changed")
         for path, recorded in sorted((marker.get("objects") or {}).items()):
-            key = self.file_key(model.name, model.version, path)
-            try:
-                with self.objects._errors(f"head s3://{self.objects.bucket}/{key}"):
-                    head = self.objects.client.head_object(Bucket=self.objects.bucket, Key=key)
-            except ObjectNotFound:
+            head = self.objects.head(self.file_key(model.name, model.version, path))
+            if head is None:
                 problems.append(f"files/{path} deleted")
                 continue
-            if wrong := _stored_problems(head, **recorded):
+            if wrong := stored_problems(head, **recorded):
                 problems.append(f"files/{path} changed ({'; '.join(wrong)})")
         return problems
 

@@ -9,6 +9,7 @@ whose message is the one line the runner logs before exiting with status 2.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -54,6 +55,11 @@ def check_keys(config: RunConfig, bind_host: str) -> ApiKeys:
         raise StartupError(str(err)) from None
     if problem := open_api_problem(keys, bind_host, config.service):
         raise StartupError(problem)
+    signing_vars = [v for v in ("", "_FILE", "_COMMAND") if os.environ.get(config.store.signing_key_env + v)]
+    if signing_vars:  # never read here; its presence is a deployment mistake worth saying
+        log.warning("$%s is set in this serving process's environment: a serving node needs only the trust file "
+                    "($%s); keep the private key with the publisher", config.store.signing_key_env + signing_vars[0],
+                    config.store.trust_file_env)
     if not keys.enabled:
         log.warning("no API keys configured: the API is open to every local user of %s (set $%s to require keys)",
                     bind_host, config.service.api_keys_env)

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from gates.keys import generate, rotate
 from gates.legacy_hmac import APPROVAL_SCHEMA, SIGNATURE_ALG, legacy_signature
 from gates.manifest import digest, file_entries, utc_now
-from gates.registry import NotApproved, Registry, RegistryError
+from gates.registry import NotApproved, Registry
 from gates.trust import TrustError, TrustStore
 from harmgate.cli import app
 from tests.reliability_support import CHAT, live_service, service_config
@@ -178,3 +178,25 @@ def test_rotation_then_resign_keeps_versions_verifying_after_the_grace_date(s3_s
     rows = {r["version"]: r for r in Registry(s3_store).list_versions(name, tmp_path / "cache")}
     assert rows["v1"]["signature"] == "valid" and rows["v1"]["revocation_problem"] is None
     assert rows["v2"]["revoked"] and rows["v2"]["check"] == "retired key"
+
+
+def test_a_run_that_publishes_checks_its_key_before_training(s3_store, monkeypatch):
+    from harmgate.config import parse_config
+    from harmgate.pipeline import PreflightError, preflight
+
+    config = parse_config({"name": "pre", "model": {"base": "b/m"},
+                           "data": {"sources": [{"id": "tatsu-lab/alpaca", "format": "instruction"}]},
+                           "evals": {"suites": [{"name": "advbench_refusal"}]},
+                           "policy": {"kpis": [{"name": "harm", "metric": "advbench_refusal.compliance_rate",
+                                                "direction": "lower", "max": 0.1}]},
+                           "store": s3_store.model_dump()})
+    monkeypatch.delenv(s3_store.signing_key_env, raising=False)
+    preflight(config)  # a run without the publish stage needs no key
+    with pytest.raises(PreflightError, match="publish: no signing key"):
+        preflight(config, publish=True)
+    from gates.signer import generate_private_key, private_pem
+
+    # A key the trust file does not list: everything it signed would be refused everywhere.
+    monkeypatch.setenv(s3_store.signing_key_env, private_pem(generate_private_key()).decode())
+    with pytest.raises(PreflightError, match="is not in the trust file"):
+        preflight(config, publish=True)
