@@ -363,7 +363,11 @@ class StoreConfig(_Section):
     access_key_env: str = "HARMGATE_S3_ACCESS_KEY"
     secret_key_env: str = "HARMGATE_S3_SECRET_KEY"
     local_state_dir: str = Field(".harmgate/store", description="Where `harmgate store up` keeps its data and credentials")
-    signing_key_env: str = "HARMGATE_SIGNING_KEY"
+    signing_key_env: str = Field("HARMGATE_SIGNING_KEY", description="Publisher only: the PEM private key (or "
+                                 "<var>_FILE: its path, <var>_COMMAND: a command printing it, e.g. a KMS/vault CLI)")
+    trust_file_env: str = Field("HARMGATE_TRUST_FILE", description="Path of the trust file (public keys) that "
+                                "verifies approvals and revocations; overrides trust_file")
+    trust_file: str | None = Field(None, description="Trust file path when the variable is unset")
     max_attempts: int = Field(5, ge=1)
 
 

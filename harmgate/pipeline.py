@@ -32,8 +32,9 @@ class StageReport:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def preflight(config: RunConfig) -> None:
-    """Catch what would otherwise fail after an hour of training: unknown suites, KPIs reading nothing."""
+def preflight(config: RunConfig, *, publish: bool = False) -> None:
+    """Catch what would otherwise fail after an hour of training: unknown suites, KPIs reading nothing, and (when
+    the run publishes) no usable signing key or trust file."""
     from evals.suites import get_suite
 
     problems = []
@@ -49,8 +50,23 @@ def preflight(config: RunConfig) -> None:
             problems.append(f"policy.kpis[{i}] ({kpi.name}): metric {kpi.metric!r} reads suite {suite!r}, "
                             f"which is not in evals.suites {sorted(suite_names)}")
     problems += _prompted_arm_problems(config)
+    if publish:
+        problems += _signing_problems(config)
     if problems:
         raise PreflightError("config cannot run:\n  " + "\n  ".join(problems))
+
+
+def _signing_problems(config: RunConfig) -> list[str]:
+    """The publish stage signs with the private key and checks it against the trust file: both must work now."""
+    from gates.s3 import RegistryError
+    from gates.signer import check_can_sign, load_signing_key
+    from gates.trust import load_trust
+
+    try:
+        check_can_sign(load_signing_key(config.store), load_trust(config.store))
+    except RegistryError as err:
+        return [f"publish: {err}"]
+    return []
 
 
 def _prompted_arm_problems(config: RunConfig) -> list[str]:
@@ -223,7 +239,7 @@ def run_pipeline(run: RunDir, config: RunConfig, *, stages: tuple[str, ...] = ST
                  console: Console | None = None) -> list[StageReport]:
     """Run ``stages`` in order; publish runs only when the gate passed (a failed gate is not an error here)."""
     console = console or Console()
-    preflight(config)
+    preflight(config, publish="publish" in stages)
     reports: list[StageReport] = []
     for name in STAGES:
         if name not in stages:
