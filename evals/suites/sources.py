@@ -35,6 +35,7 @@ class SourceSpec:
     licence: str = "unknown"
     description: str = ""
     pattern: str = "*"             # files read when the mirror path is a folder
+    hub_files: tuple[str, ...] = ()  # read these repo files through huggingface_hub instead of datasets
 
     def describe(self) -> str:
         parts = [p for p in (f"hub {self.hub}" if self.hub else "", f"mirror {self.mirror}" if self.mirror else "")
@@ -109,10 +110,24 @@ def read_path_rows(path: Path, pattern: str = "*") -> list[dict[str, Any]]:
     return rows
 
 
+def _hub_file_rows(hub_id: str, spec: SourceSpec) -> list[dict[str, Any]]:
+    """Rows of named repo files, fetched (or, offline, found in the hub cache) by huggingface_hub. For repos
+    ``datasets`` refuses: a loading script beside the data (GAIR/lima) fails with "Dataset scripts are no longer
+    supported" on datasets >= 4 even though the data files are plain JSONL."""
+    from huggingface_hub import hf_hub_download
+
+    rows: list[dict[str, Any]] = []
+    for name in spec.hub_files:
+        rows.extend(read_file_rows(Path(hf_hub_download(hub_id, name, repo_type="dataset"))))
+    return rows
+
+
 def _hub_rows(hub_id: str, spec: SourceSpec, split: str) -> list[dict[str, Any]]:
     from datasets import load_dataset
 
     try:
+        if spec.hub_files:
+            return _hub_file_rows(hub_id, spec)
         return list(load_dataset(hub_id, spec.hub_config, data_dir=spec.data_dir, split=split))
     except Exception as err:  # datasets raises many types offline; all mean the same to the user
         raise SourceError(

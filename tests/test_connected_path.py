@@ -1,0 +1,163 @@
+"""The connected user's first run, exercised offline: configs/llama31-8b.yaml with hub ids only.
+
+A hub cache (harmgate.hubcache: HF hub layout, datasets' Arrow cache, torch hub checkpoints) holds tiny stand-ins
+for everything the production config names; the run gets HF_HOME / TORCH_HOME pointing there, HF_HUB_OFFLINE=1,
+no HARMGATE_DATA_MIRROR and an empty model mirror, so every model, dataset and the Detoxify checkpoint resolves
+through transformers / datasets / huggingface_hub / torch.hub's own cache lookups, as after a first download.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gates.registry import Registry
+from tests.conftest import SHARED_DATA
+
+REPO = Path(__file__).resolve().parent.parent
+HARMGATE = [sys.executable, "-m", "harmgate"]
+PRODUCTION = REPO / "configs" / "llama31-8b.yaml"
+
+
+def _mirror() -> Path:
+    root = Path(os.environ.get("HARMGATE_DATA_MIRROR") or SHARED_DATA)
+    if not root.is_dir():
+        pytest.skip(f"public data mirror {root} is not present (the hub cache is built from it)")
+    return root
+
+
+@pytest.fixture(scope="module")
+def hub_cache(tmp_path_factory):
+    from harmgate.hubcache import build_production_cache
+
+    return build_production_cache(tmp_path_factory.mktemp("hubcache"), _mirror(), rows=24)
+
+
+def _offline_env(cache, tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("HARMGATE_DATA_MIRROR", "HF_HUB_CACHE",
+                                                            "HF_DATASETS_CACHE", "TRANSFORMERS_CACHE")}
+    empty_models = tmp_path / "no-model-mirror"
+    empty_models.mkdir(exist_ok=True)
+    return {**env, **cache.env(), "HARMGATE_MODEL_DIR": str(empty_models), "OMP_NUM_THREADS": "1"}
+
+
+def test_cache_layout_is_the_libraries_own(hub_cache):
+    """huggingface_hub reads every repo back; the Detoxify file sits where torch.hub looks for its URL."""
+    from detoxify.detoxify import MODEL_URLS
+
+    repos = {(r.repo_type, r.repo_id) for r in hub_cache.scan().repos}
+    assert ("model", "meta-llama/Llama-3.1-8B-Instruct") in repos and ("model", "bert-base-uncased") in repos
+    assert ("dataset", "Unified-Language-Model-Alignment/Anthropic_HH_Golden") in repos
+    assert (hub_cache.torch_home / "hub" / "checkpoints" / Path(MODEL_URLS["original"]).name).is_file()
+
+
+def test_datasets_resolve_by_hub_id_offline(hub_cache, tmp_path):
+    """Each dataset loads by its id, config, data_dir and split through datasets' offline cache path (no mirror)."""
+    code = r"""
+import json, datasets
+from evals.suites.sources import SourceSpec, load_source
+from evals.suites.helpfulness import LIMA
+from align.sources import read_source
+from harmgate.config import DataSource
+out = {}
+for hub, cfg, data_dir, split in [("walledai/AdvBench", None, None, "train"), ("walledai/HarmBench", "standard", None, "train"),
+        ("walledai/XSTest", None, None, "test"), ("Anthropic/hh-rlhf", None, "harmless-base", "test"),
+        ("oskarvanderwal/bbq", "All", None, "test"), ("jannalu/crows_pairs_multilingual", "english", None, "test")]:
+    out[hub] = len(datasets.load_dataset(hub, cfg, data_dir=data_dir, split=split))
+out["GAIR/lima"] = load_source(LIMA, ref=None, mirror=None).rows[0]["conversations"][:1]
+golden = read_source(DataSource(id="Unified-Language-Model-Alignment/Anthropic_HH_Golden", format="hh", field="chosen"))
+out["golden"] = golden.origin
+print(json.dumps(out))
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env=_offline_env(hub_cache, tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["walledai/XSTest"] == 28 and out["walledai/AdvBench"] == 24
+    assert out["GAIR/lima"] and out["golden"]["hub"] == "Unified-Language-Model-Alignment/Anthropic_HH_Golden"
+
+
+def _corefbias_clone(dest: Path) -> Path:
+    """What `git clone https://github.com/uclanlp/corefBias` gives at WinoBias/wino/data (WinoBias has no hub copy
+    in its text format): copied from the mirror's copy of that folder."""
+    folder = dest / "corefBias" / "WinoBias" / "wino" / "data"
+    shutil.copytree(_mirror() / "winobias", folder)
+    return folder
+
+
+def _derived_config(tmp_path: Path, store) -> Path:
+    """configs/llama31-8b.yaml with CI sizes; everything it names by hub id stays a hub id.
+
+    Changed, and why: sizes (steps, rows, items, tokens, k); CPU-only training settings (no Liger: Triton needs
+    CUDA; float32 compute: bitsandbytes' CPU 4-bit kernels compute in float32); the store (the test's SeaweedFS
+    instead of AWS S3); the policy file as an absolute path (the config is written elsewhere); WinoBias's folder.
+    """
+    cfg = yaml.safe_load(PRODUCTION.read_text())
+    cfg.update(name="llama31-connected", runs_dir=str(tmp_path / "runs"))
+    cfg["model"]["torch_dtype"] = "float32"
+    cfg["quantization"]["compute_dtype"] = "float32"
+    cfg["training"].update(max_steps=2, per_device_batch_size=2, max_seq_length=128, use_liger_kernel=False,
+                           warmup_steps=0, logging_steps=1, save_steps=2)
+    cfg["data"]["max_examples"] = 12
+    for source in cfg["data"]["sources"]:
+        source["limit"] = 24
+    cfg["evals"]["generation"] = {"max_new_tokens": 4, "batch_size": 8}
+    for suite in cfg["evals"]["suites"]:
+        suite["limit"] = 4
+        if suite.get("k", 1) > 1:
+            suite["k"] = 2
+        if suite["name"] == "bias_winobias":
+            suite["source"] = str(_corefbias_clone(tmp_path))
+    cfg["policy"] = {"file": str(REPO / "configs" / "policies" / "production.yaml")}
+    cfg["store"] = store.model_dump()
+    cfg["service"] = {**cfg.get("service", {}), "cache_dir": str(tmp_path / "serve-cache"), "max_new_tokens": 8}
+    path = tmp_path / "llama31-connected.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.slow
+def test_production_config_runs_end_to_end_from_the_hub_cache(hub_cache, tmp_path, s3_store, signing_key):
+    cfg = _derived_config(tmp_path, s3_store)
+    run_dir = tmp_path / "run"
+    env = _offline_env(hub_cache, tmp_path)
+    result = subprocess.run([*HARMGATE, "run", str(cfg), "--run-dir", str(run_dir)], cwd=REPO, capture_output=True,
+                            text=True, timeout=900, env=env)
+    log = result.stdout + result.stderr
+    assert result.returncode in (0, 1), log[-6000:]
+    for stage in ("data", "train", "merge", "eval", "gate"):
+        assert f"{stage} (" in result.stdout, f"stage {stage} not reported:\n{log[-6000:]}"
+
+    manifest = json.loads((run_dir / "data" / "data_manifest.json").read_text())
+    origin = manifest["sources"][0]["resolved"]
+    assert origin.get("hub") == "Unified-Language-Model-Alignment/Anthropic_HH_Golden", origin
+    metrics = json.loads((run_dir / "train" / "train_metrics.json").read_text())
+    assert metrics["base_model"] == "meta-llama/Llama-3.1-8B-Instruct" and metrics["quantized_linear_layers"] > 0
+    summary = json.loads((run_dir / "evals" / "summary.json").read_text())
+    suites = {s["name"] for s in yaml.safe_load(PRODUCTION.read_text())["evals"]["suites"]}
+    assert set(summary["arms"]["tuned"]) == suites and set(summary["arms"]["base"]) == suites
+    tox = json.loads((run_dir / "evals" / "tuned" / "toxicity_rtp.json").read_text())
+    assert tox["info"]["toxicity_scorer"] == "detoxify:original:toxicity"
+    assert [s["origin"].get("hub") for s in tox["sources"]] == ["allenai/real-toxicity-prompts"]
+    for suite in ("harmful_compliance", "over_refusal", "helpfulness", "bias_bbq", "bias_crows_pairs", "hh_preference"):
+        record = json.loads((run_dir / "evals" / "tuned" / f"{suite}.json").read_text())
+        assert all("hub" in s["origin"] for s in record["sources"]), (suite, record["sources"])
+
+    verdict = json.loads((run_dir / "verdict.json").read_text())
+    registry = Registry(s3_store)
+    if verdict["passed"]:
+        assert result.returncode == 0
+        assert registry.latest_approved("llama31-connected") == json.loads((run_dir / "publish.json").read_text())["version"]
+    else:  # a random model usually fails the production policy: nothing may reach the registry
+        assert result.returncode == 1 and "skipped: the gate blocked this model" in result.stdout
+        refused = subprocess.run([*HARMGATE, "publish", str(run_dir)], cwd=REPO, capture_output=True, text=True,
+                                 timeout=300, env=env)
+        assert refused.returncode == 1 and "publish refused" in refused.stdout
+        assert registry.list_versions("llama31-connected") == []
