@@ -209,6 +209,52 @@ LLAMA31_SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>"
                    "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"]
 
 
+# Detoxify's named checkpoints and the hub model each one's ``model_type`` names (their checkpoints' config).
+DETOXIFY_ENCODERS = {"original": "bert-base-uncased", "unbiased": "roberta-base", "multilingual": "xlm-roberta-base",
+                     "original-small": "albert-base-v2", "unbiased-small": "albert-base-v2"}
+
+
+@dataclass(frozen=True)
+class HubRef:
+    """One thing a run config makes a library fetch by name."""
+
+    kind: str          # model | dataset | torch_hub
+    id: str            # hub repo id, or the URL torch hub downloads
+    used_by: str       # which part of the config asks for it
+    config: str | None = None
+    data_dir: str | None = None
+    split: str | None = None
+
+
+def hub_refs(config) -> list[HubRef]:
+    """Everything ``config`` (a RunConfig) resolves by hub id or download URL rather than a local path."""
+    from detoxify.detoxify import MODEL_URLS
+
+    from evals.suites import get_suite
+
+    def local(ref: str) -> bool:  # a hub id is ORG/NAME: anything deeper is a path (maybe not cloned yet)
+        return Path(ref).expanduser().exists() or ref.startswith((".", "/", "~")) or ref.count("/") > 1
+
+    refs = [HubRef("model", config.model.base, "model.base")] if not local(config.model.base) else []
+    for i, src in enumerate(config.data.sources):
+        if not local(src.id):
+            refs.append(HubRef("dataset", src.id, f"data.sources[{i}]", None, src.data_dir, src.split))
+    for cfg in config.evals.suites:
+        suite = get_suite(cfg.name)
+        for spec, ref in suite.selected_sources(cfg):
+            if ref is None and spec.hub:
+                refs.append(HubRef("dataset", spec.hub, f"evals.suites[{cfg.name}].{spec.key}", spec.hub_config,
+                                   spec.data_dir, spec.split))
+            elif ref is not None and not local(ref):
+                refs.append(HubRef("dataset", ref, f"evals.suites[{cfg.name}].{spec.key}", None, spec.data_dir,
+                                   spec.split))
+    checkpoint = config.evals.toxicity_scorer.checkpoint
+    if checkpoint in MODEL_URLS and not local(checkpoint):
+        refs.append(HubRef("torch_hub", MODEL_URLS[checkpoint], f"evals.toxicity_scorer.checkpoint={checkpoint}"))
+        refs.append(HubRef("model", DETOXIFY_ENCODERS[checkpoint], f"Detoxify {checkpoint}'s model_type"))
+    return refs
+
+
 def _pq(rows: list[dict[str, Any]]) -> bytes:
     import io
 

@@ -322,3 +322,17 @@ def test_lima_conversations_rows_become_messages():
         with pytest.raises(InstructionError) as err:
             instruction_to_messages({"conversations": bad})
         assert err.value.reason == reason
+
+
+def test_the_cache_holds_exactly_what_the_production_config_names(hub_cache):
+    """Every hub id / download URL configs/llama31-8b.yaml resolves (harmgate.hubcache.hub_refs) is in the cache,
+    and the cache holds nothing else."""
+    from harmgate.config import load_config
+    from harmgate.hubcache import hub_refs
+
+    refs = hub_refs(load_config(PRODUCTION))
+    wanted = {("model" if r.kind == "model" else r.kind, r.id) for r in refs}
+    cached = {(r.repo_type, r.repo_id) for r in hub_cache.scan().repos}
+    cached |= {("torch_hub", w["id"]) for w in hub_cache.written if w["kind"] == "torch_hub"}
+    assert wanted == cached
+    assert ("model", "meta-llama/Llama-3.1-8B-Instruct") in wanted and ("dataset", "GAIR/lima") in wanted
