@@ -336,3 +336,21 @@ def test_the_cache_holds_exactly_what_the_production_config_names(hub_cache):
     cached |= {("torch_hub", w["id"]) for w in hub_cache.written if w["kind"] == "torch_hub"}
     assert wanted == cached
     assert ("model", "meta-llama/Llama-3.1-8B-Instruct") in wanted and ("dataset", "GAIR/lima") in wanted
+
+
+def test_a_dataset_the_hub_did_not_give_fails_before_training(hub_cache, tmp_path, s3_store):
+    """A gated dataset whose terms were not accepted never reaches the cache: the run stops at the data stage (it
+    reads every eval prompt for the leak check), names the dataset and says how to get access; nothing trains."""
+    from harmgate.hubcache import HubCache
+
+    partial = HubCache(tmp_path / "partial")
+    shutil.copytree(hub_cache.root, partial.root, symlinks=True)
+    shutil.rmtree(partial.repo_dir("GAIR/lima", "dataset"))
+    cfg = _derived_config(tmp_path, s3_store)
+    run_dir = tmp_path / "run"
+    result = subprocess.run([*HARMGATE, "run", str(cfg), "--run-dir", str(run_dir)], cwd=REPO, capture_output=True,
+                            text=True, timeout=300, env=_offline_env(partial, tmp_path))
+    log = result.stdout + result.stderr
+    assert result.returncode != 0 and "'GAIR/lima'" in log, log[-3000:]
+    assert "https://huggingface.co/datasets/GAIR/lima" in log and "huggingface-cli login" in log
+    assert not (run_dir / "train").exists()

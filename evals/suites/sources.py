@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harmgate.mirror import DataNotFound, ResolvedData, data_mirror_root, resolve_data
+from harmgate.mirror import DataNotFound, ResolvedData, data_mirror_root, hub_access_hint, resolve_data
 
 
 class SourceError(ValueError):
@@ -122,7 +122,7 @@ def _hub_file_rows(hub_id: str, spec: SourceSpec) -> list[dict[str, Any]]:
     return rows
 
 
-def _hub_rows(hub_id: str, spec: SourceSpec, split: str) -> list[dict[str, Any]]:
+def _hub_rows(hub_id: str, spec: SourceSpec, split: str, suite: str = "") -> list[dict[str, Any]]:
     from datasets import load_dataset
 
     try:
@@ -131,8 +131,9 @@ def _hub_rows(hub_id: str, spec: SourceSpec, split: str) -> list[dict[str, Any]]
         return list(load_dataset(hub_id, spec.hub_config, data_dir=spec.data_dir, split=split))
     except Exception as err:  # datasets raises many types offline; all mean the same to the user
         raise SourceError(
-            f"source {spec.key!r}: {hub_id!r} is not a local file, not in the data mirror and not reachable on the "
-            f"hub ({type(err).__name__}: {err}); set HARMGATE_DATA_MIRROR or point the source at a local path") from None
+            f"{f'suite {suite}, ' if suite else ''}source {spec.key!r}: {hub_id!r} is not a local file, not in the data mirror and not reachable on the "
+            f"hub ({type(err).__name__}: {err}). {hub_access_hint(hub_id, 'dataset')} Offline, set "
+            f"HARMGATE_DATA_MIRROR or point the source at a local path") from None
 
 
 def resolve_source(spec: SourceSpec, *, ref: str | None, mirror: str | None, suite: str = "") -> ResolvedData:
@@ -168,7 +169,7 @@ def load_source(spec: SourceSpec, *, ref: str | None, mirror: str | None, suite:
         except SourceError as err:
             raise SourceError(f"suite {suite}, source {spec.key!r}: {err}") from None
         return SourceRows(spec, local_origin(path), rows)
-    rows = _hub_rows(resolved.hub_id or "", spec, spec.split)
+    rows = _hub_rows(resolved.hub_id or "", spec, spec.split, suite)
     return SourceRows(spec, {"hub": resolved.hub_id, "config": spec.hub_config, "data_dir": spec.data_dir,
                              "split": spec.split}, rows)
 
