@@ -449,19 +449,13 @@ def production_datasets(mirror: Path, n: int) -> dict[str, tuple[dict[str, bytes
         [ArrowBuild("parquet", {"test": ["english/test-00000-of-00001.parquet"]}, config_name="english")])
     bbq_files = {}
     for f in sorted((mirror / "bbq").glob("*.jsonl")):
-        rows = [{k: v for k, v in r.items() if k != "_file"} for r in read_path_rows_n(f, max(2, n // 6))]
+        rows = read_file_rows(f)[:max(2, n // 6)]
         bbq_files[f"data/{f.name}"] = _jsonl(rows)
     out["oskarvanderwal/bbq"] = (
         {**bbq_files, "README.md": _readme([{"config_name": "All", "data_files": [{"split": "test",
                                                                                   "path": "data/*.jsonl"}]}])},
         [ArrowBuild("json", {"test": sorted(bbq_files)}, config_name="All")])
     return out
-
-
-def read_path_rows_n(path: Path, n: int) -> list[dict[str, Any]]:
-    from evals.suites.sources import read_file_rows
-
-    return read_file_rows(path)[:n]
 
 
 def build_production_cache(root: Path, mirror: Path, *, rows: int = 24) -> HubCache:
@@ -477,17 +471,9 @@ def build_production_cache(root: Path, mirror: Path, *, rows: int = 24) -> HubCa
         bert = bert_standin(Path(tmp) / "bert", " ".join(corpus).split())
         cache.add_model_folder(BERT_ID, bert)
         cache.add_torch_checkpoint(MODEL_URLS["original"], detoxify_original_checkpoint(bert))
-    prev = {k: os.environ.get(k) for k in cache.env()}
-    os.environ.update(cache.env())  # hf_hub_download in the Arrow builds reads this cache, offline
-    try:
-        for repo_id, (files, builds) in production_datasets(mirror, rows).items():
-            cache.add_dataset(repo_id, files, builds=builds)
-    finally:
-        for k, v in prev.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    # Files are looked up by commit hash in this cache (cache_dir=), so building needs no network and no env.
+    for repo_id, (files, builds) in production_datasets(mirror, rows).items():
+        cache.add_dataset(repo_id, files, builds=builds)
     cache.scan()
     (root / "hubcache.json").write_text(json.dumps({"written": cache.written}, indent=1))
     return cache
