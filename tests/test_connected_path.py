@@ -84,6 +84,18 @@ print(json.dumps(out))
     assert out["GAIR/lima"] and out["golden"]["hub"] == "Unified-Language-Model-Alignment/Anthropic_HH_Golden"
 
 
+def test_lm_eval_stock_tasks_read_their_hub_datasets_from_the_cache(hub_cache, tmp_path):
+    """lm-eval's own crows_pairs_english and bbq tasks (dataset_path jannalu/crows_pairs_multilingual, english;
+    oskarvanderwal/bbq, All) build their documents from the cache, through lm-eval's task loading."""
+    code = ("import json\nfrom lm_eval.tasks import TaskManager, get_task_dict\n"
+            "d = get_task_dict(['crows_pairs_english', 'bbq'], TaskManager())\n"
+            "print(json.dumps({n: len(list(t.test_docs())) for n, t in d.items()}))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env=_offline_env(hub_cache, tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"crows_pairs_english": 24, "bbq": 24}
+
+
 def _corefbias_clone(dest: Path) -> Path:
     """What `git clone https://github.com/uclanlp/corefBias` gives at WinoBias/wino/data (WinoBias has no hub copy
     in its text format): copied from the mirror's copy of that folder."""
