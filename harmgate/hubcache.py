@@ -391,6 +391,18 @@ def production_datasets(mirror: Path, n: int) -> dict[str, tuple[dict[str, bytes
          "README.md": _readme([{"config_name": c, "data_files": [{"split": "train", "path": f"{c}/train-*"}]}
                                for c in ("standard", "contextual", "copyright")])},
         [ArrowBuild("parquet", {"train": ["standard/train-00000-of-00001.parquet"]}, config_name="standard")])
+    stl_files, stl_builds = {}, []
+    for config, file in (("MaliciousInstructions", "I-MaliciousInstructions.json"), ("QHarm", "Q-Harm.json"),
+                         ("CoNa", "I-CoNa.json"), ("ControversialInstructions", "I-Controversial.json")):
+        rows = [{"prompt": r["instructions"], **({"category": r["tags"]} if "tags" in r else {})}
+                for r in _rows(mirror, f"safety-tuned-llamas/data/evaluation/{file}", n)]
+        stl_files[f"{config}/train-00000-of-00001.parquet"] = _pq(rows)
+        stl_builds.append(ArrowBuild("parquet", {"train": [f"{config}/train-00000-of-00001.parquet"]},
+                                     config_name=config))
+    stl_files["README.md"] = _readme([{"config_name": b.config_name,
+                                       "data_files": [{"split": "train", "path": f"{b.config_name}/train-*"}]}
+                                      for b in stl_builds])
+    out["walledai/SafetyDatasets"] = (stl_files, stl_builds)
     risk = {"discrimination_exclusion_toxicity_hateful_offensive": "Discrimination, Exclusion, Toxicity, Hateful, "
             "Offensive", "human_chatbox": "Human-Chatbot Interaction Harms", "information_hazard": "Information "
             "Hazards", "malicious_uses": "Malicious Uses", "misinformation_harms": "Misinformation Harms"}

@@ -243,7 +243,8 @@ out = {}
 for suite_name, key in [("harmful_compliance", "advbench"), ("harmful_compliance", "harmbench"),
                         ("harmful_compliance", "do_not_answer"), ("over_refusal", "xstest"),
                         ("toxicity_rtp", "rtp"), ("toxicity_bold", "bold"), ("helpfulness", "lima"),
-                        ("helpfulness", "mt_bench"), ("bias_crows_pairs", "crows_pairs"), ("bias_bbq", "bbq")]:
+                        ("helpfulness", "mt_bench"), ("bias_crows_pairs", "crows_pairs"), ("bias_bbq", "bbq"),
+                        ("harmful_compliance", "i_malicious_instructions"), ("harmful_compliance", "i_cona")]:
     suite = get_suite(suite_name)
     spec = next(s for s in suite.sources if s.key == key)
     options = suite.Options()
@@ -279,6 +280,9 @@ def _prompts(side: dict) -> list[str]:
     ("mt_bench", "prompt (list of turns), prompt_id, category (parquet)", "question_id, category, turns (JSONL)"),
     ("crows_pairs", "id, sent_more, sent_less, stereo_antistereo, bias_type; config 'english' (parquet)",
      "unnamed index, same columns + annotations (CSV)"),
+    ("i_malicious_instructions", "walledai/SafetyDatasets config MaliciousInstructions: prompt, category (parquet)",
+     "{instructions: [...], tags: [...]} (JSON)"),
+    ("i_cona", "walledai/SafetyDatasets config CoNa: prompt (parquet)", "{instructions: [...]} (JSON)"),
 ])
 def test_hub_and_mirror_schemas_give_the_same_items(schema_pairs, key, hub_schema, mirror_schema):
     hub, mirror = schema_pairs[key]["hub"], schema_pairs[key]["mirror"]

@@ -122,7 +122,8 @@ def _hub_file_rows(hub_id: str, spec: SourceSpec) -> list[dict[str, Any]]:
     return rows
 
 
-def _hub_rows(hub_id: str, spec: SourceSpec, split: str, suite: str = "") -> list[dict[str, Any]]:
+def _hub_rows(hub_id: str, spec: SourceSpec, split: str, suite: str = "",
+              mirror: str | None = None) -> list[dict[str, Any]]:
     from datasets import load_dataset
 
     try:
@@ -130,10 +131,14 @@ def _hub_rows(hub_id: str, spec: SourceSpec, split: str, suite: str = "") -> lis
             return _hub_file_rows(hub_id, spec)
         return list(load_dataset(hub_id, spec.hub_config, data_dir=spec.data_dir, split=split))
     except Exception as err:  # datasets raises many types offline; all mean the same to the user
+        root = data_mirror_root(mirror)
+        looked = (f"; {spec.mirror!r} is not in the data mirror {root}" if root and spec.mirror else
+                  "" if root else "; no data mirror is set")
         raise SourceError(
-            f"{f'suite {suite}, ' if suite else ''}source {spec.key!r}: {hub_id!r} is not a local file, not in the data mirror and not reachable on the "
-            f"hub ({type(err).__name__}: {err}). {hub_access_hint(hub_id, 'dataset')} Offline, set "
-            f"HARMGATE_DATA_MIRROR or point the source at a local path") from None
+            f"{f'suite {suite}, ' if suite else ''}source {spec.key!r}: {hub_id!r} is not a local file, not in the "
+            f"data mirror and not reachable on the hub ({type(err).__name__}: {err}){looked}. "
+            f"{hub_access_hint(hub_id, 'dataset')} Offline, set HARMGATE_DATA_MIRROR or point the source at a local "
+            f"path") from None
 
 
 def resolve_source(spec: SourceSpec, *, ref: str | None, mirror: str | None, suite: str = "") -> ResolvedData:
@@ -169,7 +174,7 @@ def load_source(spec: SourceSpec, *, ref: str | None, mirror: str | None, suite:
         except SourceError as err:
             raise SourceError(f"suite {suite}, source {spec.key!r}: {err}") from None
         return SourceRows(spec, local_origin(path), rows)
-    rows = _hub_rows(resolved.hub_id or "", spec, spec.split, suite)
+    rows = _hub_rows(resolved.hub_id or "", spec, spec.split, suite, mirror)
     return SourceRows(spec, {"hub": resolved.hub_id, "config": spec.hub_config, "data_dir": spec.data_dir,
                              "split": spec.split}, rows)
 
