@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from rich.console import Console
@@ -76,13 +77,61 @@ def stage_data(run: RunDir, config: RunConfig) -> StageReport:
     from evals.runner import eval_prompts
 
     started = time.time()
-    mixture = build_mixture(config.data, eval_prompts=eval_prompts(config))
+    synthesizer = _synthesizer(run, config) if any(s.format == "prompt" for s in config.data.sources) else None
+    mixture = build_mixture(config.data, eval_prompts=eval_prompts(config), synthesizer=synthesizer)
     write_mixture(mixture, run)
     m = mixture.manifest
     skipped = {s["id"]: s.get("skipped", {}) for s in m.get("sources", [])}
     return StageReport("data", time.time() - started,
                        f"{len(mixture.examples)} training examples from {len(config.data.sources)} source(s); "
                        f"skipped rows by reason: {skipped}", {"manifest": str(run.data_manifest)})
+
+
+def _synthesizer(run: RunDir, config: RunConfig):
+    """align.synthesis with the real instruments: the base model samples, the gate's judge and toxicity scorer
+    accept or reject (built lazily: a rerun whose samples are all cached loads nothing)."""
+    import torch
+
+    from align.models import load_causal_lm, load_tokenizer
+    from align.synthesis import Synthesizer
+    from evals.generate import generate
+    from evals.runner import default_toxicity_factory
+    from harmgate.config import GenerationConfig
+
+    loaded: dict[str, Any] = {}
+
+    def model():
+        if "model" not in loaded:
+            on_gpu = torch.cuda.is_available()
+            loaded["model"] = load_causal_lm(config.model.base, revision=config.model.revision,
+                                             dtype="bfloat16" if on_gpu else "float32",
+                                             device_map={"": 0} if on_gpu else None).eval()
+            loaded["tokenizer"] = load_tokenizer(config.model.base, config.model.revision)
+        return loaded["model"], loaded["tokenizer"]
+
+    syn = config.data.synthesis
+    gen = GenerationConfig(max_new_tokens=syn.max_new_tokens, batch_size=syn.batch_size,
+                           temperature=syn.temperature, top_p=syn.top_p)
+
+    def sample(prompts, *, system_prompt, k, seed):
+        m, tok = model()
+        return generate(m, tok, prompts, gen, k=k, seed=seed, system_prompt=system_prompt,
+                        desc="sampling training replies")
+
+    def judge(prompts, replies):
+        if "judge" not in loaded:
+            from evals.judge import load_judge
+            loaded["judge"] = load_judge(config.evals.judge)
+        return [j.label for j in loaded["judge"].judge_many(list(replies), list(prompts))]
+
+    def toxicity(texts):
+        if "tox" not in loaded:
+            loaded["tox"] = default_toxicity_factory(config)()
+        return [float(x) for x in loaded["tox"].score(list(texts))]
+
+    return Synthesizer(sample=sample, judge=judge, toxicity=toxicity, config=syn, model_id=config.model.base,
+                       cache_path=Path(syn.cache) if syn.cache else run.root / "data" / "synthesis.jsonl",
+                       seed=config.data.seed)
 
 
 def stage_train(run: RunDir, config: RunConfig) -> StageReport:
