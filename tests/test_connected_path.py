@@ -76,7 +76,7 @@ golden = read_source(DataSource(id="Unified-Language-Model-Alignment/Anthropic_H
 out["golden"] = golden.origin
 print(json.dumps(out))
 """
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=900,
                             env=_offline_env(hub_cache, tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
@@ -90,7 +90,7 @@ def test_lm_eval_stock_tasks_read_their_hub_datasets_from_the_cache(hub_cache, t
     code = ("import json\nfrom lm_eval.tasks import TaskManager, get_task_dict\n"
             "d = get_task_dict(['crows_pairs_english', 'bbq'], TaskManager())\n"
             "print(json.dumps({n: len(list(t.test_docs())) for n, t in d.items()}))")
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=900,
                             env=_offline_env(hub_cache, tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"crows_pairs_english": 24, "bbq": 24}
@@ -218,7 +218,7 @@ def _publish_and_serve_with_detoxify_original(run_dir: Path, cfg: Path, tmp_path
     url = f"http://127.0.0.1:{free_port()}"
     key = "connected-path-test-key-0123456789"  # the production config binds 0.0.0.0: keys are required
     service = start_process([*HARMGATE, "serve", "--config", str(serve_path), "--port", url.rsplit(":", 1)[1]],
-                            tmp_path / "serve.log", {**env, "HARMGATE_API_KEYS": key}, url)
+                            tmp_path / "serve.log", {**env, "HARMGATE_API_KEYS": key}, url, timeout=300)
     try:
         assert requests.get(f"{url}/healthz", timeout=5).json()["version"] == version
         reply = requests.post(f"{url}/v1/chat/completions", timeout=60, headers={"Authorization": f"Bearer {key}"},
@@ -263,7 +263,7 @@ print(json.dumps(out))
 def schema_pairs(hub_cache, tmp_path_factory):
     env = _offline_env(hub_cache, tmp_path_factory.mktemp("schema"))
     result = subprocess.run([sys.executable, "-c", SCHEMA_PAIRS_CODE, str(_mirror())], cwd=REPO, capture_output=True,
-                            text=True, timeout=300, env=env)
+                            text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -365,7 +365,7 @@ def test_a_dataset_the_hub_did_not_give_fails_before_training(hub_cache, tmp_pat
     cfg = _derived_config(tmp_path, s3_store)
     run_dir = tmp_path / "run"
     result = subprocess.run([*HARMGATE, "run", str(cfg), "--run-dir", str(run_dir)], cwd=REPO, capture_output=True,
-                            text=True, timeout=300, env=_offline_env(partial, tmp_path))
+                            text=True, timeout=900, env=_offline_env(partial, tmp_path))
     log = result.stdout + result.stderr
     assert result.returncode != 0 and "'GAIR/lima'" in log, log[-3000:]
     assert "https://huggingface.co/datasets/GAIR/lima" in log and "huggingface-cli login" in log
