@@ -19,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from harmgate.hubcache import HubCache, build_production_cache  # noqa: E402
+from harmgate.hubcache import HubCache  # noqa: E402
+from harmgate.standins import build_production_cache  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,7 @@ def _mirror() -> Path:
 
 @pytest.fixture(scope="module")
 def hub_cache(tmp_path_factory):
-    from harmgate.hubcache import build_production_cache
+    from harmgate.standins import build_production_cache
 
     return build_production_cache(tmp_path_factory.mktemp("hubcache"), _mirror(), rows=24)
 
