@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from harmgate.config import DataSource
-from harmgate.mirror import DATA_MIRROR_ENV, DataNotFound, ResolvedData, data_mirror_root, resolve_data
+from harmgate.mirror import (DATA_MIRROR_ENV, DataNotFound, ResolvedData, data_mirror_root, hub_access_hint,
+                             resolve_data)
 
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".txt")
 _SURROGATE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8 (decoded with surrogateescape)
@@ -186,7 +187,8 @@ def _read_hub(resolved: ResolvedData, *, limit: int | None, mirror: str | None) 
         mirror_note = f"the data mirror {root} has no entry for it" if root else "no data mirror is set"
         raise DataSourceError(
             f"data source {where} is not a local file, {mirror_note}, and the hub did not provide it "
-            f"({type(err).__name__}: {str(err)[:300]}). Offline, set {DATA_MIRROR_ENV} (or data.mirror in the "
+            f"({type(err).__name__}: {str(err)[:300]}). {hub_access_hint(resolved.hub_id or '', 'dataset')} "
+            f"Offline, set {DATA_MIRROR_ENV} (or data.mirror in the "
             f"config) to a folder laid out like shared/data, or add the id to its mirror.yaml.") from None
     return SourceRows(rows=rows, rows_read=len(rows),
                       origin={"hub": resolved.hub_id, "data_dir": resolved.data_dir, "split": resolved.split})

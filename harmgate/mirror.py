@@ -156,7 +156,15 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
+def hub_access_hint(ref: str, repo_type: str = "model") -> str:
+    """What a connected user does when the hub refuses an id: most often a gated repo (Llama, LIMA) or no login."""
+    page = f"https://huggingface.co/{'datasets/' if repo_type == 'dataset' else ''}{ref}"
+    return (f"Connected: check the id; if it is gated, accept its terms at {page} and log in (`huggingface-cli "
+            f"login` or HF_TOKEN); HF_HUB_OFFLINE=1 uses only what an earlier run cached.")
+
+
 def model_not_found_message(ref: str, err: Exception) -> str:
     return (f"model {ref!r} could not be loaded: it is not a local folder, not in the model mirror "
-            f"{model_dir()}/ and the hub did not provide it ({type(err).__name__}: {err}). Offline, run "
-            f"`harmgate models pull smollm2` (or `tiny`) or point model.base at a local folder.")
+            f"{model_dir()}/ and the hub did not provide it ({type(err).__name__}: {err}). "
+            f"{hub_access_hint(ref)} Offline, run `harmgate models pull smollm2` (or `tiny`) or point model.base at "
+            f"a local folder.")
