@@ -1,0 +1,334 @@
+"""Static-KV-cache decoding for evaluation: large length-bucketed batches, a preallocated cache, and a decode step
+compiled once per shape and replayed as a CUDA graph.
+
+Why not ``model.generate``: at evaluation batch sizes an 8B decode step is launch- and Python-bound in eager mode
+(about 110 ms a step measured on an H200 at batch 64 and at 256 alike: docs/PERFORMANCE.md), while the step's real
+work (read 16 GB of weights plus the KV cache) takes a few milliseconds. A CUDA graph replays the whole step with
+one launch. ``generate(cache_implementation="static")`` compiles too, but runs its logits processors and an
+all-finished check (a host sync) between steps; this loop keeps the GPU queue full and checks for the end every
+``sync_every`` steps. transformers' own ``StaticCache`` and ``get_compiled_call`` do the caching and compiling
+(the same objects ``generate`` uses), so only the loop is ours.
+
+Greedy decoding here is the same computation as ``evals.generate``'s ``model.generate`` path (same positions, same
+padding mask, argmax of the same logits): token-identical in float32 (tests/test_fastgen.py). In bf16 a different
+batch shape changes the matmul kernels' rounding, so a near-tie can flip a token, exactly as changing the batch
+size of ``model.generate`` does (bench/eval_throughput.py measures both rates).
+
+Shapes: a batch is ``rows x (prompt bucket + max_new_tokens)``; prompt widths round up to a few buckets and a short
+last batch is filled with copies of its last row (outputs dropped), so a whole evaluation compiles a handful of
+graphs. Sampling (temperature, top-p) runs eagerly on the step's logits with a seeded generator.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Settings of a model's generation_config that model.generate would apply and this loop does not: a model that
+# sets any of them goes through model.generate instead (evals.generate.choose_backend).
+UNSUPPORTED_GENERATION_SETTINGS = {
+    "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None,
+    "suppress_tokens": None, "begin_suppress_tokens": None, "min_length": 0, "min_new_tokens": None,
+    "forced_bos_token_id": None, "forced_eos_token_id": None, "sequence_bias": None, "renormalize_logits": False,
+    "diversity_penalty": 0.0, "exponential_decay_length_penalty": None,
+}
+
+
+def unsupported_settings(model) -> dict[str, Any]:
+    """The model's generation_config settings that this loop would silently ignore (empty: safe to use)."""
+    cfg = getattr(model, "generation_config", None)
+    if cfg is None:
+        return {}
+    out = {}
+    for name, neutral in UNSUPPORTED_GENERATION_SETTINGS.items():
+        value = getattr(cfg, name, neutral)
+        if value not in (neutral, None) and not (name == "min_length" and value == 0):
+            out[name] = value
+    return out
+
+
+def prompt_bucket(width: int, minimum: int = 32) -> int:
+    """Round a prompt width up to 2^n or 1.5 x 2^n (at least ``minimum``): few shapes, at most a third padding."""
+    width = max(width, minimum)
+    p = 1 << (width - 1).bit_length()
+    return p * 3 // 4 if p * 3 // 4 >= width and p >= 64 else p
+
+
+def row_bucket(rows: int, max_rows: int, *, compiled: bool) -> int:
+    """Rows of a batch. Compiled: always ``max_rows`` (a short last batch is filled up): a decode step reads the
+    same weights for 64 rows as for 256, so the filler costs little, while a new shape costs a compile.
+    Eager (CPU): the next power of two, as compute grows with the rows there."""
+    return max_rows if compiled else min(max_rows, 1 << max(0, (rows - 1).bit_length()))
+
+
+def kv_bytes_per_token(config, dtype_bytes: int) -> int:
+    text = getattr(config, "get_text_config", lambda: config)()
+    heads = getattr(text, "num_attention_heads")
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    return text.num_hidden_layers * 2 * kv_heads * head_dim * dtype_bytes
+
+
+@dataclass
+class DecodeStats:
+    """What the decoder did, for benchmarks and logs."""
+
+    batches: int = 0
+    rows: int = 0                   # real rows (prompts x k)
+    padded_rows: int = 0            # filler rows of short last batches
+    steps: int = 0                  # decode steps over all batches
+    new_tokens: int = 0             # tokens generated for real rows, up to and including the end token
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    compiled: bool = False
+    compile_error: str | None = None
+    shapes: list[tuple[int, int]] = field(default_factory=list)   # (rows, cache length) in the order first used
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (list(map(list, v)) if k == "shapes" else v) for k, v in self.__dict__.items()}
+
+
+class StaticDecoder:
+    """Batched greedy or sampled decoding with a transformers ``StaticCache`` and a compiled decode step.
+
+    One decoder serves one model: caches and compiled graphs are kept per shape and reused across calls (a suite
+    after another, an arm's every suite). ``compile=False`` runs the same loop eagerly (CPU, tests, fallback).
+    """
+
+    def __init__(self, model, *, compile: bool = True, max_rows: int = 256, kv_budget_bytes: int | None = None,
+                 prefill_tokens: int = 65536, sync_every: int = 16, compile_mode: str = "reduce-overhead",
+                 compile_dynamic: bool | None = False):
+        self.model = model
+        self.compile = compile
+        self.max_rows = max_rows
+        self.kv_budget_bytes = kv_budget_bytes
+        self.prefill_tokens = prefill_tokens
+        self.sync_every = max(1, sync_every)
+        self.compile_mode = compile_mode
+        self.compile_dynamic = compile_dynamic
+        self.stats = DecodeStats()
+        self._caches: dict[tuple[int, int], Any] = {}
+        self._step = None
+        params = inspect.signature(model.forward).parameters
+        # transformers renamed past_key_values to cache after 5.17; both name the same Cache object
+        self._cache_kw = "past_key_values" if "past_key_values" in params else "cache"
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+
+    # ---------------------------------------------------------------- shapes and memory
+    def rows_for(self, cache_len: int, width: int | None = None) -> int:
+        """Rows a batch may have at this cache length: max_rows, fewer when the KV cache or the prefill would not
+        fit (``kv_budget_bytes``: by default half the free GPU memory)."""
+        rows = self.max_rows
+        budget = self.kv_budget_bytes
+        if budget is None and self.device.type == "cuda":
+            import torch
+
+            free, _ = torch.cuda.mem_get_info(self.device)
+            budget = free // 2 + sum(self._cache_bytes(k) for k in self._caches)
+        if budget:
+            per_row = cache_len * kv_bytes_per_token(self.model.config, self.dtype.itemsize)
+            rows = min(rows, max(1, budget // per_row))
+        rows = min(rows, max(1, self.prefill_tokens // max(1, width or cache_len)))  # the prefill's activations
+        return 1 << (rows.bit_length() - 1)  # a power of two: fewer distinct shapes
+
+    def _cache_bytes(self, key: tuple[int, int]) -> int:
+        rows, length = key
+        return rows * length * kv_bytes_per_token(self.model.config, self.dtype.itemsize)
+
+    def _cache(self, rows: int, length: int):
+        from transformers import StaticCache
+
+        key = (rows, length)
+        cache = self._caches.get(key)
+        if cache is None:
+            # One live cache at a time beyond the current shape would hold GPU memory for nothing: keep the newest.
+            for old in list(self._caches):
+                del self._caches[old]
+            cache = StaticCache(config=self.model.config, max_cache_len=length)
+            self._caches[key] = cache
+            self.stats.shapes.append(key)
+        else:
+            cache.reset()
+        return cache
+
+    # ---------------------------------------------------------------- the compiled step
+    def _decode_fn(self):
+        if self._step is not None:
+            return self._step
+        if not self.compile:
+            self._step = self.model.__call__
+            return self._step
+        try:
+            from transformers.generation.configuration_utils import CompileConfig
+
+            cfg = CompileConfig(fullgraph=False, dynamic=self.compile_dynamic, mode=self.compile_mode)
+            self._step = self.model.get_compiled_call(cfg)
+        except (ImportError, AttributeError):  # an older transformers: compile the call ourselves
+            import torch
+
+            self._step = torch.compile(self.model.__call__, mode=self.compile_mode, dynamic=self.compile_dynamic)
+        self.stats.compiled = True
+        return self._step
+
+    def _fall_back_to_eager(self, err: BaseException) -> None:
+        log.warning("compiled decode step failed (%s: %s); continuing eagerly", type(err).__name__, err)
+        self.stats.compile_error = f"{type(err).__name__}: {err}"[:500]
+        self.stats.compiled = False
+        self.compile = False
+        self._step = self.model.__call__
+
+    # ---------------------------------------------------------------- one batch
+    def decode(self, rows: list[list[int]], *, max_new_tokens: int, eos_token_id: int | list[int], pad_token_id: int,
+               temperature: float = 0.0, top_p: float = 1.0, generator=None) -> list[list[int]]:
+        """New token ids for each row of ``rows`` (prompt token ids); each ends at its first end token
+        (included) or after ``max_new_tokens``. A compiled step that fails reruns the batch eagerly."""
+        import torch
+
+        state = generator.get_state() if generator is not None else None
+        try:
+            with torch.no_grad():
+                return self._decode(rows, max_new_tokens, eos_token_id, pad_token_id, temperature, top_p, generator)
+        except Exception as err:  # noqa: BLE001 - any compile/graph failure: the eager loop still works
+            if not self.compile:
+                raise
+            self._fall_back_to_eager(err)
+            if generator is not None:
+                generator.set_state(state)
+            with torch.no_grad():
+                return self._decode(rows, max_new_tokens, eos_token_id, pad_token_id, temperature, top_p, generator)
+
+    def _decode(self, rows, max_new_tokens, eos_token_id, pad_token_id, temperature, top_p, generator):
+        import torch
+
+        n = len(rows)
+        width = prompt_bucket(max(len(r) for r in rows))
+        length = width + max_new_tokens
+        batch_rows = row_bucket(n, self.rows_for(length, width), compiled=self.compile)
+        if batch_rows < n:
+            raise ValueError(f"{n} rows but this shape allows {batch_rows}; split with StaticDecoder.batches")
+        filled = rows + [rows[-1]] * (batch_rows - n)
+        ids = torch.full((batch_rows, width), pad_token_id, dtype=torch.long)
+        mask = torch.zeros((batch_rows, length), dtype=torch.long)
+        for r, toks in enumerate(filled):
+            ids[r, width - len(toks):] = torch.tensor(toks, dtype=torch.long)
+            mask[r, width - len(toks):] = 1
+        mask[:, width:] = 1  # positions still to come; the causal rule hides them until they are written
+        positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
+        next_pos = mask[:, :width].sum(-1, keepdim=True)           # each row's first new position
+        ids, mask, positions, next_pos = (t.to(self.device) for t in (ids, mask, positions, next_pos))
+        eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=self.device)
+        cache = self._cache(batch_rows, length)
+
+        t0 = time.perf_counter()
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=1, **{self._cache_kw: cache})
+        token = self._pick(out.logits[:, -1, :], temperature, top_p, generator)
+        del out
+        self._sync()
+        t1 = time.perf_counter()
+
+        step_fn = self._decode_fn()
+        done = torch.zeros(batch_rows, dtype=torch.bool, device=self.device)
+        pad = torch.full_like(token, pad_token_id)
+        produced = []
+        steps = 0
+        for step in range(max_new_tokens):
+            token = torch.where(done, pad, token)
+            produced.append(token)
+            done = done | torch.isin(token, eos)
+            if step == max_new_tokens - 1:
+                break
+            if (step + 1) % self.sync_every == 0 and bool(done[:n].all()):
+                break
+            if self.compile:
+                torch.compiler.cudagraph_mark_step_begin()
+            logits = step_fn(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos + step,
+                             use_cache=True, **{self._cache_kw: cache}).logits[:, -1, :]
+            # picked before the next call: a CUDA graph's output is overwritten by its next replay
+            token = self._pick(logits, temperature, top_p, generator)
+            steps += 1
+        self._sync()
+        self.stats.prefill_s += t1 - t0
+        self.stats.decode_s += time.perf_counter() - t1
+        new = torch.stack(produced, dim=1)[:n].tolist()
+        results = []
+        eos_set = set(eos.tolist())
+        for toks in new:
+            end = next((i + 1 for i, t in enumerate(toks) if t in eos_set), len(toks))
+            results.append(toks[:end])
+        self.stats.batches += 1
+        self.stats.rows += n
+        self.stats.padded_rows += batch_rows - n
+        self.stats.steps += steps
+        self.stats.new_tokens += sum(len(r) for r in results)
+        return results
+
+    @staticmethod
+    def _pick(logits, temperature: float, top_p: float, generator):
+        import torch
+
+        if temperature <= 0:
+            return logits.argmax(-1)
+        # As transformers' TemperatureLogitsWarper then TopPLogitsWarper, then multinomial sampling.
+        scores = logits.float() / temperature
+        if top_p < 1.0:
+            sorted_logits, sorted_idx = torch.sort(scores, descending=False)
+            cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+            remove = cumulative <= (1 - top_p)
+            remove[..., -1:] = False  # keep at least one token
+            scores = scores.masked_fill(remove.scatter(1, sorted_idx, remove), -math.inf)
+        probs = scores.softmax(dim=-1)
+        return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
+
+    # ---------------------------------------------------------------- many prompts
+    def batches(self, lengths: list[int], max_new_tokens: int) -> list[list[int]]:
+        """Indices of ``lengths`` grouped into batches: sorted by length (short first), each batch as many rows as
+        its longest prompt's shape allows."""
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        out: list[list[int]] = []
+        start = 0
+        while start < len(order):
+            # the batch's longest prompt decides its shape; grow while the shape still admits the rows
+            rows = self.max_rows
+            while True:
+                idx = order[start:start + rows]
+                width = prompt_bucket(max(lengths[i] for i in idx))
+                cap = self.rows_for(width + max_new_tokens, width)
+                if len(idx) <= cap:
+                    break
+                rows = cap
+            out.append(idx)
+            start += len(idx)
+        return out
+
+    def generate(self, rows: list[list[int]], *, max_new_tokens: int, eos_token_id, pad_token_id: int,
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, progress=None) -> list[list[int]]:
+        """New token ids for every row, in the order given."""
+        import torch
+
+        generator = None
+        if temperature > 0:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(seed)
+        results: list[list[int] | None] = [None] * len(rows)
+        for idx in self.batches([len(r) for r in rows], max_new_tokens):
+            got = self.decode([rows[i] for i in idx], max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
+                              pad_token_id=pad_token_id, temperature=temperature, top_p=top_p, generator=generator)
+            for i, toks in zip(idx, got):
+                results[i] = toks
+            if progress is not None:
+                progress(len(idx))
+        return [r if r is not None else [] for r in results]
