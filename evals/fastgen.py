@@ -103,7 +103,7 @@ class StaticDecoder:
 
     def __init__(self, model, *, compile: bool = True, max_rows: int = 256, kv_budget_bytes: int | None = None,
                  prefill_tokens: int = 65536, sync_every: int = 16, compile_mode: str = "reduce-overhead",
-                 compile_dynamic: bool | None = False):
+                 compile_dynamic: bool | None = None):
         self.model = model
         self.compile = compile
         self.max_rows = max_rows
@@ -165,14 +165,20 @@ class StaticDecoder:
         if not self.compile:
             self._step = self.model.__call__
             return self._step
+        import torch
+
+        # compile_dynamic None: the first shape compiles static, the second recompiles with symbolic sizes, later
+        # shapes reuse that graph (a CUDA graph is still recorded per concrete shape, which is cheap). The
+        # recompile limit is raised so that a long evaluation's shapes never silently drop back to eager.
+        config = torch._dynamo.config
+        name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+        setattr(config, name, max(getattr(config, name), 64))
         try:
             from transformers.generation.configuration_utils import CompileConfig
 
             cfg = CompileConfig(fullgraph=False, dynamic=self.compile_dynamic, mode=self.compile_mode)
             self._step = self.model.get_compiled_call(cfg)
         except (ImportError, AttributeError):  # an older transformers: compile the call ourselves
-            import torch
-
             self._step = torch.compile(self.model.__call__, mode=self.compile_mode, dynamic=self.compile_dynamic)
         self.stats.compiled = True
         return self._step
