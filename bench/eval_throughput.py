@@ -333,27 +333,36 @@ def shape_mode(args) -> int:
         return row
     samp = guarded("sampling_k", 90, sampling_phase)
 
-    # 6. log-likelihood scoring: the production batch vs a large one
+    # 6. log-likelihood scoring, preference-style (each context with two continuations): today's rows (one per
+    #    request, the production batch) against shared-prefix rows at a large batch
     def loglik_phase():
         from evals.suites.loglik import score_continuations
 
         n = args.loglik_items
-        ctx = prompts[:n]
-        conts = word_prompts(n, shape.vocab_size, mu=3.0, sigma=0.5, seed=args.seed + 7)
-        tokens = sum(len(tokenizer(c + " " + x)["input_ids"]) for c, x in zip(ctx, conts))
+        ctx = [p for p in prompts[:n // 2] for _ in range(2)]
+        conts = word_prompts(n, shape.vocab_size, mu=4.0, sigma=0.5, seed=args.seed + 7)
+        request_tokens = sum(len(tokenizer(c + " " + x)["input_ids"]) for c, x in zip(ctx, conts))
+        shared_tokens = request_tokens - sum(len(tokenizer(c)["input_ids"]) for c in ctx[::2])
         rows = {}
-        for bs in (args.loglik_batch, args.loglik_big_batch):
-            score_continuations(model, tokenizer, ctx[:bs], conts[:bs], batch_size=bs)
+        for label, bs, share in (("today", args.loglik_batch, False), ("new", args.loglik_big_batch, True)):
+            score_continuations(model, tokenizer, ctx[:bs], conts[:bs], batch_size=bs, share_prefixes=share)
             if on_gpu:
                 torch.cuda.synchronize()
             t = time.perf_counter()
-            scores = score_continuations(model, tokenizer, ctx, conts, batch_size=bs)
+            scores = score_continuations(model, tokenizer, ctx, conts, batch_size=bs, share_prefixes=share)
             if on_gpu:
                 torch.cuda.synchronize()
             sec = time.perf_counter() - t
-            rows[str(bs)] = {"items": n, "tokens": tokens, "seconds": round(sec, 3),
-                             "tokens_per_s": round(tokens / sec, 1), "items_per_s": round(n / sec, 2),
-                             "first_logprob": scores[0].logprob}
+            processed = shared_tokens if share else request_tokens
+            rows[label] = {"batch_size": bs, "share_prefixes": share, "requests": n, "seconds": round(sec, 3),
+                           "request_tokens": request_tokens, "processed_tokens": processed,
+                           "tokens_per_s": round(processed / sec, 1),
+                           "request_tokens_per_s": round(request_tokens / sec, 1),
+                           "requests_per_s": round(n / sec, 2), "logprobs_head": [s.logprob for s in scores[:4]]}
+        a = [s for s in rows["today"]["logprobs_head"]]
+        b = [s for s in rows["new"]["logprobs_head"]]
+        rows["max_abs_logprob_difference_head"] = max(abs(x - y) for x, y in zip(a, b))
+        rows["speedup"] = round(rows["today"]["seconds"] / rows["new"]["seconds"], 2)
         return rows
     ll = guarded("loglik", 30, loglik_phase)
 
@@ -397,9 +406,9 @@ def production_estimate(hf, fast, samp, ll, phases) -> dict[str, Any] | None:
     out: dict[str, Any] = {"workload_file": str(WORKLOAD.relative_to(WORKLOAD.parents[2])), "suites": {}}
     for path, gen_rate, samp_rate, ll_rate in (
             ("today", (hf or {}).get("new_tokens_per_s"), ((samp or {}).get("hf") or {}).get("new_tokens_per_s"),
-             (ll or {}).get(min(ll or {"0": 0}, key=int), {}).get("tokens_per_s") if ll else None),
+             ((ll or {}).get("today") or {}).get("tokens_per_s")),
             ("new", (fast or {}).get("new_tokens_per_s"), (samp or {}).get("new_tokens_per_s"),
-             (ll or {}).get(max(ll or {"0": 0}, key=int), {}).get("tokens_per_s") if ll else None)):
+             ((ll or {}).get("new") or {}).get("tokens_per_s"))):
         if not gen_rate:
             continue
         total = 0.0
@@ -408,8 +417,9 @@ def production_estimate(hf, fast, samp, ll, phases) -> dict[str, Any] | None:
             gen_tokens = w.get("generation_rows", 0) * w.get("max_new_tokens", 0) * arms
             rate = samp_rate if (w.get("k", 1) > 1 and samp_rate) else gen_rate
             seconds = gen_tokens / rate
-            if w.get("loglik_tokens") and ll_rate:
-                seconds += w["loglik_tokens"] * arms / ll_rate
+            ll_tokens = w.get("loglik_tokens_shared" if path == "new" else "loglik_tokens", w.get("loglik_tokens"))
+            if ll_tokens and ll_rate:
+                seconds += ll_tokens * arms / ll_rate
             out["suites"].setdefault(name, {})[path + "_seconds"] = round(seconds, 1)
             total += seconds
         if path == "new":

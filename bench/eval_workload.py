@@ -47,11 +47,18 @@ def suite_workload(name: str, cfg, mirror: str | None, gen_default, prompted: bo
               "loglik_tokens": sum(tokens(" ".join(m["content"] for m in it.meta["context"]) + it.meta["answer"])
                                    + extra for it in ppl)}
     elif name == "hh_preference":
-        w |= {"loglik_tokens": sum(2 * (tokens(" ".join(m["content"] for m in it.meta["context"])) + extra)
-                                   + tokens(it.meta["chosen"]) + tokens(it.meta["rejected"]) for it in items)}
+        ctx = [tokens(" ".join(m["content"] for m in it.meta["context"])) + extra for it in items]
+        replies = [tokens(it.meta["chosen"]) + tokens(it.meta["rejected"]) for it in items]
+        w |= {"loglik_tokens": sum(2 * c + r for c, r in zip(ctx, replies)),
+              "loglik_tokens_shared": sum(c + r for c, r in zip(ctx, replies))}  # one context for both replies
     else:  # lm-eval multiple choice: one request per choice, each context + a short answer
         choices = {"bias_bbq": 3, "bias_crows_pairs": 2, "bias_winobias": 2}.get(name, 2)
-        w |= {"loglik_tokens": sum(choices * (tokens(it.prompt) + 4) for it in items), "choices": choices}
+        # BBQ: one question, three short answers; CrowS-Pairs scores two whole sentences after an empty context
+        # and WinoBias is counted unshared too (conservative)
+        full = sum(choices * (tokens(it.prompt) + 4) for it in items)
+        w |= {"loglik_tokens": full, "choices": choices,
+              "loglik_tokens_shared": sum(tokens(it.prompt) + 4 * choices for it in items)
+              if name == "bias_bbq" else full}
     return w
 
 
@@ -77,10 +84,13 @@ def main(argv: list[str] | None = None) -> int:
               for w in suites.values() if w.get("generation_rows")}
     total_gen = sum(w.get("generation_rows", 0) * w.get("max_new_tokens", 0) * w["arms"] for w in suites.values())
     total_ll = sum(w.get("loglik_tokens", 0) * w["arms"] for w in suites.values())
+    total_ll_shared = sum(w.get("loglik_tokens_shared", w.get("loglik_tokens", 0)) * w["arms"] for w in suites.values())
     out = {"config": args.config, "chars_per_token": CHARS_PER_TOKEN, "suites": suites,
-           "generation_shapes": len(shapes) + 2, "max_new_tokens_all_arms": total_gen, "loglik_tokens_all_arms": total_ll}
+           "generation_shapes": len(shapes) + 2, "max_new_tokens_all_arms": total_gen, "loglik_tokens_all_arms": total_ll,
+           "loglik_tokens_shared_all_arms": total_ll_shared}
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
-    print(f"generation: up to {total_gen:,} new tokens; log-likelihood: {total_ll:,} tokens (all arms)")
+    print(f"generation: up to {total_gen:,} new tokens; log-likelihood: {total_ll:,} tokens, {total_ll_shared:,} "
+          f"with shared contexts (all arms)")
     return 0
 
 
