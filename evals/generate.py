@@ -18,6 +18,7 @@ from typing import Iterable
 
 from tqdm.auto import tqdm
 
+from evals.parallel import seed_for, shard_map
 from harmgate.config import GenerationConfig
 
 
@@ -98,7 +99,9 @@ def generate(model, tokenizer, prompts: list[Prompt], gen: GenerationConfig, *, 
     unique = list(dict.fromkeys(texts)) if gen.temperature == 0 else texts
     backend = choose_backend(model, gen)
     run = {"hf": _generate_hf, "static": _generate_static, "vllm": _generate_vllm}[backend]
-    outputs = run(model, tokenizer, unique, gen, k=k, chat=chat, seed=seed, desc=desc)
+    # Under a multi-process launch (evals/parallel.py) each process generates a share; all get every reply.
+    outputs = shard_map(unique, lambda shard: run(model, tokenizer, shard, gen, k=k, chat=chat, seed=seed_for(seed),
+                                                  desc=desc), cost=len)
     if unique is texts:
         return outputs
     by_text = dict(zip(unique, outputs))

@@ -137,7 +137,9 @@ def run_tasks(model, tokenizer, tasks: list[LocalTask], *, work_dir: Path | None
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    if work_dir is None:
+    from evals.parallel import is_main
+
+    if work_dir is None or not is_main():  # under a multi-process launch only the main process writes work_dir
         work_dir = Path(tempfile.mkdtemp(prefix="harmgate-lm-eval-"))
     paths = {t.name: write_task(t, work_dir) for t in tasks}
     manager = TaskManager(include_path=str(work_dir.resolve()), include_defaults=False)

@@ -115,7 +115,39 @@ def score_token_pairs(model, pairs: list[tuple[list[int], list[int]]], *, batch_
                       max_length: int | None = None, desc: str = "log-likelihood", share_prefixes: bool = True,
                       pad_id: int = 0, disable_tqdm: bool = False) -> list[ContinuationScore]:
     """Scores of token-level (context ids, continuation ids) pairs, in order (no ``truncated`` flag: the caller
-    knows what it cut). ``max_length``: positions a row may use (default the model's)."""
+    knows what it cut). ``max_length``: positions a row may use (default the model's). Under a multi-process
+    launch (evals/parallel.py) each process scores a share of the contexts, each context's requests together."""
+    from evals.parallel import ranks, shard_map
+
+    def local(subset: list[tuple[list[int], list[int]]]) -> list[ContinuationScore]:
+        return _score_local(model, subset, batch_size=batch_size, max_length=max_length, desc=desc,
+                            share_prefixes=share_prefixes, pad_id=pad_id, disable_tqdm=disable_tqdm)
+
+    if ranks().world <= 1:
+        return local(pairs)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (ctx, _) in enumerate(pairs):
+        groups.setdefault(tuple(ctx), []).append(i)
+    members = list(groups.values())
+
+    def score_groups(shard: list[list[int]]) -> list[list[ContinuationScore]]:
+        flat = local([pairs[i] for g in shard for i in g])
+        out, at = [], 0
+        for g in shard:
+            out.append(flat[at:at + len(g)])
+            at += len(g)
+        return out
+
+    results: list[ContinuationScore | None] = [None] * len(pairs)
+    for g, scores in zip(members, shard_map(members, score_groups,
+                                            cost=lambda g: sum(len(pairs[i][0]) + len(pairs[i][1]) for i in g))):
+        for i, s in zip(g, scores):
+            results[i] = s
+    return [r for r in results if r is not None]
+
+
+def _score_local(model, pairs: list[tuple[list[int], list[int]]], *, batch_size: int, max_length: int | None,
+                 desc: str, share_prefixes: bool, pad_id: int, disable_tqdm: bool) -> list[ContinuationScore]:
     import torch
 
     limit = max_length or _max_length(model, None, None)
