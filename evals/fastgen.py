@@ -122,16 +122,23 @@ class StaticDecoder:
         self.dtype = next(model.parameters()).dtype
 
     # ---------------------------------------------------------------- shapes and memory
+    def kv_budget(self) -> int | None:
+        """Bytes the KV caches may take: ``kv_budget_bytes``, else on a GPU half the free memory plus what the
+        caches already hold; None on a CPU (no limit from here)."""
+        if self.kv_budget_bytes is not None:
+            return self.kv_budget_bytes
+        if self.device.type != "cuda":
+            return None
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return free // 2 + sum(self._cache_bytes(k) for k in self._caches)
+
     def rows_for(self, cache_len: int, width: int | None = None) -> int:
         """Rows a batch may have at this cache length: max_rows, fewer when the KV cache or the prefill would not
-        fit (``kv_budget_bytes``: by default half the free GPU memory)."""
+        fit (:meth:`kv_budget`)."""
         rows = self.max_rows
-        budget = self.kv_budget_bytes
-        if budget is None and self.device.type == "cuda":
-            import torch
-
-            free, _ = torch.cuda.mem_get_info(self.device)
-            budget = free // 2 + sum(self._cache_bytes(k) for k in self._caches)
+        budget = self.kv_budget()
         if budget:
             per_row = cache_len * kv_bytes_per_token(self.model.config, self.dtype.itemsize)
             rows = min(rows, max(1, budget // per_row))
@@ -143,19 +150,22 @@ class StaticDecoder:
         return rows * length * kv_bytes_per_token(self.model.config, self.dtype.itemsize)
 
     def _cache(self, rows: int, length: int):
+        """The cache of this shape, emptied. Caches of recent shapes are kept while they fit the budget: a CUDA
+        graph recorded on one cache replays only on that cache's memory (a new one means recording again)."""
         from transformers import StaticCache
 
         key = (rows, length)
-        cache = self._caches.get(key)
+        cache = self._caches.pop(key, None)
         if cache is None:
-            # One live cache at a time beyond the current shape would hold GPU memory for nothing: keep the newest.
-            for old in list(self._caches):
-                del self._caches[old]
+            budget = self.kv_budget() if self.device.type == "cuda" else 0
+            need = self._cache_bytes(key)
+            while self._caches and sum(map(self._cache_bytes, self._caches)) + need > (budget or 0):
+                self._caches.pop(next(iter(self._caches)))  # the least recently used
             cache = StaticCache(config=self.model.config, max_cache_len=length)
-            self._caches[key] = cache
             self.stats.shapes.append(key)
         else:
             cache.reset()
+        self._caches[key] = cache  # most recently used last
         return cache
 
     # ---------------------------------------------------------------- the compiled step

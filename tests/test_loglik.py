@@ -88,3 +88,17 @@ def test_lm_eval_requests_scored_with_shared_prefixes_equal_lm_evals_own(tiny, s
         assert [g[0] for g in got] == pytest.approx([w[0] for w in want], abs=1e-4)
         assert [g[1] for g in got] == [w[1] for w in want]
     assert ours.results == pytest.approx(theirs.results)
+
+
+def test_batches_respect_rows_tokens_and_logits_budgets(monkeypatch):
+    import evals.suites.loglik as ll
+
+    rows = [ll._Row([1] * w, [(i, [2] * t)]) for i, (w, t) in enumerate([(100, 50), (90, 10), (80, 10), (10, 5)])]
+    rows.sort(key=lambda r: -r.width)
+    assert [len(b) for b in ll._batches(rows, 8, 10)] == [4]
+    assert [len(b) for b in ll._batches(rows, 3, 10)] == [3, 1]
+    monkeypatch.setattr(ll, "MAX_BATCH_TOKENS", 300)  # 150 wide rows: two a batch
+    assert [len(b) for b in ll._batches(rows, 8, 10)] == [2, 2]
+    monkeypatch.setattr(ll, "MAX_BATCH_TOKENS", 1 << 20)
+    monkeypatch.setattr(ll, "MAX_BATCH_LOGITS", 51 * 10)  # the first row's 51 kept positions alone fill it
+    assert [len(b) for b in ll._batches(rows, 8, 10)] == [1, 3]

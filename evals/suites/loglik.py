@@ -156,10 +156,10 @@ def _score_local(model, pairs: list[tuple[list[int], list[int]]], *, batch_size:
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     results: list[ContinuationScore | None] = [None] * len(pairs)
+    vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else 1
     with torch.inference_mode(), tqdm(total=len(pairs), desc=desc, unit="seq", leave=False,
                                       disable=disable_tqdm) as bar:
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start:start + batch_size]
+        for batch in _batches(rows, batch_size, vocab):
             width = max(r.width for r in batch)
             keep = max(r.tail for r in batch)
             input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -204,6 +204,29 @@ def _score_local(model, pairs: list[tuple[list[int], list[int]]], *, batch_size:
                     at += n
             bar.update(sum(len(row.answers) for row in batch))
     return [r for r in results if r is not None]
+
+
+# Per batch at most this many input tokens and float32 log-probabilities of the kept positions: a large
+# batch_size with long rows or long answers is split instead of running out of memory (about 4 GiB of logits).
+MAX_BATCH_TOKENS = 1 << 17
+MAX_BATCH_LOGITS = 1 << 30
+
+
+def _batches(rows: list[_Row], batch_size: int, vocab: int) -> list[list[_Row]]:
+    """Consecutive rows (sorted longest first) in batches of at most ``batch_size`` rows and the budgets above."""
+    out: list[list[_Row]] = []
+    cur: list[_Row] = []
+    for row in rows:
+        n = len(cur) + 1
+        width = max([row.width] + [r.width for r in cur])
+        keep = max([row.tail] + [r.tail for r in cur])
+        if cur and (n > batch_size or n * width > MAX_BATCH_TOKENS or n * keep * vocab > MAX_BATCH_LOGITS):
+            out.append(cur)
+            cur = []
+        cur.append(row)
+    if cur:
+        out.append(cur)
+    return out
 
 
 def _block_mask(segment, dtype):

@@ -23,7 +23,7 @@ if ! python3 -c "import pydantic" 2>/dev/null; then
   fi
 fi
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
-export TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+export TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 TQDM_MININTERVAL=5  # progress bars: a line every 5 s in the log
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/inductor-cache}  # a warm machine reuses kernels
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
