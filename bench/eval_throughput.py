@@ -14,11 +14,13 @@ The shape mode measures, each phase written to the JSON as soon as it ends (a la
 
 1. ``hf``: model.generate, batch 64 (the issue's reference point), steady state after a warm-up batch;
 2. ``static-eager``: the static-cache loop without compiling (what the GPU path falls back to);
-3. ``static-compiled``: the same loop with the decode step compiled into CUDA graphs (compile time reported apart);
+3. ``static-compiled``: the same loop with the decode step compiled into CUDA graphs (compile time reported apart),
+   with the default grouped decode attention (evals/fastgen.py);
 4. greedy agreement between 1 and 3 on the same prompts, next to the agreement of ``hf`` with itself at batch 32
    (a batch-shape change alone flips near-ties in bf16);
 5. sampling, k continuations per prompt in one call (RealToxicityPrompts' protocol: k=25, 20 tokens);
 6. log-likelihood scoring (evals/suites/loglik.py) at the production batch and at a large one;
+8. (run before 7, last because least needed) the compiled loop with transformers' SDPA attention instead;
 7. an estimate of a full production evaluation (configs/llama31-8b.yaml: every suite, three arms) from the
    counted workload (bench/results/eval_workload_production.json) and the rates measured above.
 
@@ -267,35 +269,42 @@ def shape_mode(args) -> int:
         return rate_row(tokenizer, out, sec, n, n, backend="static", compile=False, batch_size=args.static_batch)
     guarded("static_eager", 40, eager_phase)
 
-    # 3. the static loop, compiled: compile + first batch, then steady state on the whole prompt set
-    compiled_outputs: dict[str, list[list[str]]] = {}
+    # 3. the static loop, compiled: compile + first run, then steady state on the same prompts. Default settings
+    #    (grouped decode attention); the same with transformers' SDPA attention runs last (phase 8).
+    compiled_outputs: dict[str, list[str]] = {}
 
-    def compiled_phase():
-        gen = base.model_copy(update={"backend": "static", "compile": True, "static_batch_size": args.static_batch})
+    def compiled_phase(grouped: bool):
+        gen = base.model_copy(update={"backend": "static", "compile": True, "static_batch_size": args.static_batch,
+                                      "grouped_attention": grouped})
+        model._harmgate_static_decoder = None
         if on_gpu:
             torch.cuda.reset_peak_memory_stats()
         # the first call is the timed call itself: every shape it needs (one per prompt-width bucket) compiles here
         warm, warm_s = timed_generate(model, tokenizer, prompts[:args.prompts], gen, desc="compile + first run")
         decoder = static_decoder(model, gen)
         first = decoder.stats.as_dict()
-        say(f"compile + first run {warm_s:.1f} s; compiled={decoder.stats.compiled} {decoder.stats.compile_error or ''}")
+        say(f"compile + first run {warm_s:.1f} s; compiled={decoder.stats.compiled} attention="
+            f"{decoder.stats.attention} {decoder.stats.compile_error or ''}")
         runs = []
         for rep in range(args.repeats):
+            steps0, decode0 = decoder.stats.steps, decoder.stats.decode_s
             out, sec = timed_generate(model, tokenizer, prompts[:args.prompts], gen, desc=f"static compiled {rep}")
-            runs.append(rate_row(tokenizer, out, sec, args.prompts, args.prompts))
-            compiled_outputs["main"] = [o[0] for o in out]
+            runs.append(rate_row(tokenizer, out, sec, args.prompts, args.prompts,
+                                 mean_decode_step_ms=round((decoder.stats.decode_s - decode0) * 1e3
+                                                           / max(1, decoder.stats.steps - steps0), 3)))
+            compiled_outputs.setdefault("grouped" if grouped else "sdpa", [o[0] for o in out])
             if left() < 60:
                 break
         best = max(runs, key=lambda r: r["new_tokens_per_s"])
-        step_s = decoder.stats.decode_s / max(1, decoder.stats.steps)
         compile_s = max(0.0, warm_s - best["seconds"])  # the first call's compiles (and CUDA-graph recordings)
         return {"backend": "static", "compile": decoder.stats.compiled, "compile_error": decoder.stats.compile_error,
-                "batch_size": args.static_batch, "first_call_seconds": round(warm_s, 1), "first_call_stats": first,
+                "attention": decoder.stats.attention, "batch_size": args.static_batch,
+                "first_call_seconds": round(warm_s, 1), "first_call_stats": first,
                 "compile_seconds": round(compile_s, 1), "first_call_shapes": len(first["shapes"]),
-                "runs": runs, **{k: best[k] for k in ("new_tokens_per_s", "prompts_per_s", "seconds", "new_tokens")},
-                "decoder_stats": decoder.stats.as_dict(), "mean_decode_step_ms": round(step_s * 1e3, 2),
-                "peak_allocated_gib": peak_gib()}
-    fast = guarded("static_compiled", 120, compiled_phase)
+                "runs": runs, **{k: best[k] for k in ("new_tokens_per_s", "prompts_per_s", "seconds", "new_tokens",
+                                                      "mean_decode_step_ms")},
+                "decoder_stats": decoder.stats.as_dict(), "peak_allocated_gib": peak_gib()}
+    fast = guarded("static_compiled", 120, lambda: compiled_phase(True))
 
     # 4. greedy agreement on the same prompts: static (from the timed run: same shapes, no new compile) vs hf at
     #    batch 64, and hf at batch 32 vs batch 64 (the control: a batch-shape change alone, same engine)
@@ -306,7 +315,7 @@ def shape_mode(args) -> int:
         half = max(1, args.hf_batch // 2)
         hf32, _ = timed_generate(model, tokenizer, prompts[:n], gen.model_copy(update={"batch_size": half}),
                                  desc="agree hf/2")
-        static = compiled_outputs.get("main")
+        static = compiled_outputs.get("grouped") or compiled_outputs.get("sdpa")
         if static is None:  # the compiled phase did not run: the eager static loop, same shapes
             out, _ = timed_generate(model, tokenizer, prompts[:n], base.model_copy(
                 update={"backend": "static", "compile": False, "static_batch_size": args.static_batch}),
@@ -367,10 +376,21 @@ def shape_mode(args) -> int:
         return rows
     ll = guarded("loglik", 30, loglik_phase)
 
+    # 8. the compiled loop with transformers' SDPA attention (copies each KV head per query head): the grouped
+    #    attention's share, and the other default's numbers if the grouped path failed
+    sdpa = guarded("static_compiled_sdpa", 150, lambda: compiled_phase(False))
+    if sdpa and compiled_outputs.get("grouped") and compiled_outputs.get("sdpa"):
+        sdpa["grouped_vs_sdpa_agreement"] = agreement(compiled_outputs["grouped"], compiled_outputs["sdpa"])
+        report.phase("static_compiled_sdpa", sdpa)
+
     # 7. roof line and the production estimate
     summary: dict[str, Any] = {}
+    fast = fast or sdpa
     if hf and fast:
         summary["speedup_new_tokens_per_s"] = round(fast["new_tokens_per_s"] / hf["new_tokens_per_s"], 2)
+        summary["fast_attention"] = fast.get("attention")
+        if sdpa and sdpa is not fast:
+            summary["speedup_sdpa_attention"] = round(sdpa["new_tokens_per_s"] / hf["new_tokens_per_s"], 2)
         tbps = bandwidth_tbps(device)
         if tbps:
             kv = kv_read_bytes(model, args)
@@ -378,6 +398,7 @@ def shape_mode(args) -> int:
             summary["bandwidth"] = {
                 "peak_tbps": tbps, "weight_bytes": weight_bytes, "mean_kv_bytes_per_step": kv,
                 "floor_step_ms": round(step_floor * 1e3, 3), "measured_step_ms": fast["mean_decode_step_ms"],
+                "attention": fast.get("attention"),
                 "fraction_of_bandwidth_limit": round(step_floor * 1e3 / fast["mean_decode_step_ms"], 3),
                 "limit_new_tokens_per_s_at_batch": round(args.static_batch / step_floor, 0)}
     summary["production_estimate"] = production_estimate(hf, fast, samp, ll, report.data["phases"])

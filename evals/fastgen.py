@@ -75,6 +75,55 @@ def kv_bytes_per_token(config, dtype_bytes: int) -> int:
     return text.num_hidden_layers * 2 * kv_heads * head_dim * dtype_bytes
 
 
+GROUPED_ATTENTION = "harmgate_grouped_decode"
+
+
+def grouped_decode_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                             is_causal=None, **kwargs):
+    """Attention for one new token per row without copying the KV cache per query head.
+
+    transformers' SDPA path repeats each key/value head for its query heads (``repeat_kv``) whenever a mask is
+    given, and a static cache always needs one: at batch 256 that copy is 4x the KV cache, written and read again
+    every step and layer, several times the bytes of the weights. Here the query heads of one KV head form a group
+    and attend with two batched matmuls, reading the cache once. Prompts (more than one query position) go to
+    transformers' SDPA function unchanged."""
+    import torch
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if query.shape[2] != 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    b, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    scale = scaling if scaling is not None else dim ** -0.5
+    q = query.view(b, kv_heads, heads // kv_heads, dim)
+    scores = torch.matmul(q, key.transpose(-1, -2)).float() * scale           # [b, kv_heads, group, length]
+    if attention_mask is not None:
+        mask = attention_mask[:, :, -1:, : key.shape[2]]                       # [b, 1, 1, length]
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:
+            scores = scores + mask.float()
+    probs = scores.softmax(dim=-1).to(value.dtype)
+    out = torch.matmul(probs, value)                                           # [b, kv_heads, group, dim]
+    return out.reshape(b, 1, heads, dim), None                                 # as SDPA's: [b, q, heads, dim]
+
+
+def _attn(model) -> str:
+    return getattr(model.config, "_attn_implementation", None) or "eager"
+
+
+def use_grouped_attention(model) -> None:
+    """Register :func:`grouped_decode_attention` (with SDPA's mask builder) and switch ``model`` to it."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(GROUPED_ATTENTION, grouped_decode_attention)
+    AttentionMaskInterface.register(GROUPED_ATTENTION, sdpa_mask)
+    model.set_attn_implementation(GROUPED_ATTENTION)
+
+
 @dataclass
 class DecodeStats:
     """What the decoder did, for benchmarks and logs."""
@@ -88,6 +137,7 @@ class DecodeStats:
     decode_s: float = 0.0
     compiled: bool = False
     compile_error: str | None = None
+    attention: str | None = None    # the attention implementation the decode steps ran with
     shapes: list[tuple[int, int]] = field(default_factory=list)   # (rows, cache length) in the order first used
 
     def as_dict(self) -> dict[str, Any]:
@@ -103,9 +153,12 @@ class StaticDecoder:
 
     def __init__(self, model, *, compile: bool = True, max_rows: int = 256, kv_budget_bytes: int | None = None,
                  prefill_tokens: int = 65536, sync_every: int = 16, compile_mode: str = "reduce-overhead",
-                 compile_dynamic: bool | None = None):
+                 compile_dynamic: bool | None = None, grouped_attention: bool = True):
         self.model = model
         self.compile = compile
+        current = _attn(model)
+        self._plain_attention = "sdpa" if current == GROUPED_ATTENTION else current  # what to go back to
+        self.grouped_attention = grouped_attention and current in ("sdpa", "eager", GROUPED_ATTENTION)
         self.max_rows = max_rows
         self.kv_budget_bytes = kv_budget_bytes
         self.prefill_tokens = prefill_tokens
@@ -208,17 +261,33 @@ class StaticDecoder:
         import torch
 
         state = generator.get_state() if generator is not None else None
-        try:
-            with torch.no_grad():
-                return self._decode(rows, max_new_tokens, eos_token_id, pad_token_id, temperature, top_p, generator)
-        except Exception as err:  # noqa: BLE001 - any compile/graph failure: the eager loop still works
-            if not self.compile:
-                raise
-            self._fall_back_to_eager(err)
-            if generator is not None:
-                generator.set_state(state)
-            with torch.no_grad():
-                return self._decode(rows, max_new_tokens, eos_token_id, pad_token_id, temperature, top_p, generator)
+        while True:
+            self._set_attention()
+            try:
+                with torch.no_grad():
+                    return self._decode(rows, max_new_tokens, eos_token_id, pad_token_id, temperature, top_p,
+                                        generator)
+            except Exception as err:  # noqa: BLE001 - a compile/graph failure: fall back one level and rerun
+                if not self.compile:
+                    raise
+                if self.grouped_attention:  # first without the grouped attention, still compiled
+                    log.warning("compiled decode with grouped attention failed (%s: %s); retrying with SDPA",
+                                type(err).__name__, err)
+                    self.stats.compile_error = f"grouped attention: {type(err).__name__}: {err}"[:500]
+                    self.grouped_attention = False
+                else:  # then eagerly
+                    self._fall_back_to_eager(err)
+                if generator is not None:
+                    generator.set_state(state)
+
+    def _set_attention(self) -> None:
+        """The model's attention as this decoder wants it (the grouped one, or back to SDPA after a failure)."""
+        current = _attn(self.model)
+        if self.grouped_attention and current != GROUPED_ATTENTION:
+            use_grouped_attention(self.model)
+        elif not self.grouped_attention and current == GROUPED_ATTENTION:
+            self.model.set_attn_implementation(self._plain_attention)
+        self.stats.attention = _attn(self.model)
 
     def _decode(self, rows, max_new_tokens, eos_token_id, pad_token_id, temperature, top_p, generator):
         import torch

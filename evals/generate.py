@@ -78,8 +78,10 @@ def static_decoder(model, gen: GenerationConfig):
     decoder = getattr(model, "_harmgate_static_decoder", None)
     on_gpu = next(model.parameters()).device.type == "cuda"
     compile_ = gen.compile and on_gpu
-    if decoder is None or decoder.max_rows != gen.static_batch_size or (decoder.compile and not compile_):
-        decoder = StaticDecoder(model, compile=compile_, max_rows=gen.static_batch_size)
+    if (decoder is None or decoder.max_rows != gen.static_batch_size or (decoder.compile and not compile_)
+            or (decoder.grouped_attention and not gen.grouped_attention)):
+        decoder = StaticDecoder(model, compile=compile_, max_rows=gen.static_batch_size,
+                                grouped_attention=gen.grouped_attention)
         model._harmgate_static_decoder = decoder
     return decoder
 

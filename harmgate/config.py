@@ -147,6 +147,9 @@ class GenerationConfig(_Section):
                                             "(torch.compile, reduce-overhead); off: the same loop eagerly")
     static_batch_size: int = Field(256, ge=1, description="static backend: most rows (prompts x k) per batch; fewer "
                                                           "when the KV cache of long prompts would not fit")
+    grouped_attention: bool = Field(True, description="static backend: decode steps attend per KV-head group "
+                                                      "instead of copying the cache for every query head "
+                                                      "(evals/fastgen.py); off: transformers' SDPA")
     vllm_gpu_memory_utilization: float = Field(
         0.45, gt=0.0, lt=1.0, description="vllm backend: share of GPU memory vLLM may take (the transformers model "
                                           "stays loaded next to it for the likelihood suites)")

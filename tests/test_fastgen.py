@@ -58,6 +58,20 @@ def test_end_tokens_split_batches_and_filler_rows_keep_replies_identical(tiny):
     assert decoder.stats.batches >= 3 and decoder.stats.new_tokens == sum(map(len, want))
 
 
+def test_grouped_decode_attention_gives_the_same_replies_and_can_be_turned_off(tiny):
+    model, tok = tiny
+    rows = [tok(p)["input_ids"] for p in PROMPTS]
+    want = hf_ids(model, tok, rows, 10, eos=tok.eos_token_id)
+    grouped = StaticDecoder(model, compile=False, max_rows=8)
+    assert grouped.generate(rows, max_new_tokens=10, eos_token_id=tok.eos_token_id,
+                            pad_token_id=tok.pad_token_id) == want
+    assert grouped.stats.attention == "harmgate_grouped_decode"
+    plain = StaticDecoder(model, compile=False, max_rows=8, grouped_attention=False)
+    assert plain.generate(rows, max_new_tokens=10, eos_token_id=tok.eos_token_id,
+                          pad_token_id=tok.pad_token_id) == want
+    assert plain.stats.attention == model.config._attn_implementation == "sdpa"
+
+
 def test_sampling_is_seeded_k_rows_differ_and_tiny_top_p_is_greedy(tiny):
     model, tok = tiny
     gen = GenerationConfig(max_new_tokens=6, temperature=1.0, top_p=0.9, static_batch_size=8, backend="static")
@@ -104,3 +118,23 @@ def test_backend_choice(tiny):
 def test_unknown_backend_is_a_config_error():
     with pytest.raises(ValueError, match="backend"):
         GenerationConfig(backend="tgi")
+
+
+def test_a_failing_compiled_step_falls_back_without_grouped_attention_then_eagerly(tiny, monkeypatch):
+    model, tok = tiny
+    rows = [tok(p)["input_ids"] for p in PROMPTS[:3]]
+    want = hf_ids(model, tok, rows, 6, eos=tok.eos_token_id)
+    seen = []
+
+    def broken(self, config):
+        def step(**kwargs):
+            seen.append(self.config._attn_implementation)
+            raise RuntimeError("no graph today")
+        return step
+
+    monkeypatch.setattr(type(model), "get_compiled_call", broken)
+    decoder = StaticDecoder(model, compile=True, max_rows=4)
+    got = decoder.generate(rows, max_new_tokens=6, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    assert got == want
+    assert seen == ["harmgate_grouped_decode", "sdpa"]  # compiled with grouped attention, compiled with SDPA
+    assert decoder.compile is False and "no graph today" in decoder.stats.compile_error

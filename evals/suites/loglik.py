@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from tqdm.auto import tqdm
 
 # Attention implementations that take a 4D mask as given (flash-attention kernels do not).
-MASK_4D_ATTENTION = ("sdpa", "eager")
+MASK_4D_ATTENTION = ("sdpa", "eager", "harmgate_grouped_decode")  # the last: evals/fastgen.py, SDPA for prompts
 
 
 @dataclass(frozen=True)
