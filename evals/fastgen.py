@@ -91,7 +91,7 @@ def grouped_decode_attention(module, query, key, value, attention_mask, dropout:
 
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if query.shape[2] != 1:
+    if query.shape[2] != 1 or attention_mask is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     b, heads, _, dim = query.shape
@@ -304,7 +304,9 @@ class StaticDecoder:
         for r, toks in enumerate(filled):
             ids[r, width - len(toks):] = torch.tensor(toks, dtype=torch.long)
             mask[r, width - len(toks):] = 1
-        mask[:, width:] = 1  # positions still to come; the causal rule hides them until they are written
+        # Positions still to come stay 0 until their token is fed, as in model.generate's growing mask. (5.17 and
+        # 5.24 keep the mask at a static-cache decode step anyway; a mask of all ones could otherwise be dropped
+        # and the empty slots attended to.)
         positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
         next_pos = mask[:, :width].sum(-1, keepdim=True)           # each row's first new position
         ids, mask, positions, next_pos = (t.to(self.device) for t in (ids, mask, positions, next_pos))
@@ -332,6 +334,7 @@ class StaticDecoder:
                 break
             if (step + 1) % self.sync_every == 0 and bool(done[:n].all()):
                 break
+            mask[:, width + step] = 1  # in place: same shape every step, copied into the graph's input
             if self.compile:
                 torch.compiler.cudagraph_mark_step_begin()
             logits = step_fn(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos + step,

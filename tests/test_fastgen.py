@@ -58,6 +58,36 @@ def test_end_tokens_split_batches_and_filler_rows_keep_replies_identical(tiny):
     assert decoder.stats.batches >= 3 and decoder.stats.new_tokens == sum(map(len, want))
 
 
+class RecordingDecoder(StaticDecoder):
+    """Keeps the logits every token was picked from."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen = []
+
+    def _pick(self, logits, temperature, top_p, generator):
+        self.seen.append(logits.detach().clone())
+        return StaticDecoder._pick(logits, temperature, top_p, generator)
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_each_step_has_the_logits_of_a_plain_forward_pass_even_without_padding(tiny, grouped):
+    """Every prompt exactly one bucket wide: no left padding anywhere, so only the not-yet-written cache slots keep
+    transformers from dropping the attention mask (and attending to empty slots) at a decode step."""
+    import torch
+
+    model, tok = tiny
+    full_width = [[(7 * i + j) % 200 + 10 for j in range(32)] for i in range(3)]
+    for rows in (full_width, [full_width[0][:20], full_width[1]]):  # then a batch with a padded row
+        decoder = RecordingDecoder(model, compile=False, max_rows=4, grouped_attention=grouped)
+        new = decoder.generate(rows, max_new_tokens=6, eos_token_id=-1, pad_token_id=tok.pad_token_id)
+        picked = torch.stack(decoder.seen, dim=1)  # [batch rows, steps, vocab]; one batch, rows in length order
+        for r, (prompt, out) in enumerate(zip(rows, new)):
+            with torch.no_grad():
+                full = model(torch.tensor([prompt + out])).logits[0, len(prompt) - 1: len(prompt) - 1 + len(out)]
+            torch.testing.assert_close(picked[r, : len(out)].float(), full.float(), atol=1e-4, rtol=1e-4)
+
+
 def test_grouped_decode_attention_gives_the_same_replies_and_can_be_turned_off(tiny):
     model, tok = tiny
     rows = [tok(p)["input_ids"] for p in PROMPTS]
