@@ -229,6 +229,11 @@ def shape_mode(args) -> int:
                            mu=args.prompt_mu, sigma=0.5, seed=args.seed)
     base = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.hf_batch)
 
+    def todays_attention() -> None:
+        """model.generate as today: SDPA attention (a static-path phase switches the model to the grouped one)."""
+        if model.config._attn_implementation != "sdpa":
+            model.set_attn_implementation("sdpa")
+
     def guarded(name: str, need_s: float, fn) -> Any:
         if left() < need_s:
             say(f"skip {name}: {left():.0f} s left, needs about {need_s:.0f}")
@@ -251,6 +256,7 @@ def shape_mode(args) -> int:
 
     # 1. today's path: model.generate at batch 64, steady state (a warm-up batch first)
     def hf_phase():
+        todays_attention()
         gen = base.model_copy(update={"backend": "hf"})
         timed_generate(model, tokenizer, prompts[:args.hf_batch], gen.model_copy(update={"max_new_tokens": 8}),
                        desc="hf warm-up")
@@ -310,6 +316,7 @@ def shape_mode(args) -> int:
     #    batch 64, and hf at batch 32 vs batch 64 (the control: a batch-shape change alone, same engine)
     def agree_phase():
         n = args.agree_prompts
+        todays_attention()
         gen = base.model_copy(update={"backend": "hf"})
         hf64, _ = timed_generate(model, tokenizer, prompts[:n], gen, desc="agree hf")
         half = max(1, args.hf_batch // 2)
@@ -336,6 +343,7 @@ def shape_mode(args) -> int:
         out, sec = timed_generate(model, tokenizer, prompts[:n], gen, k=k, chat=False, desc="sampling")
         row = rate_row(tokenizer, out, sec, n, n * k, k=k, max_new_tokens=20, first_call_seconds=round(first_s, 1))
         hf_gen = gen.model_copy(update={"backend": "hf", "batch_size": args.hf_batch})
+        todays_attention()
         m = max(1, min(n, args.hf_batch * 4 // k))
         out_hf, sec_hf = timed_generate(model, tokenizer, prompts[:m], hf_gen, k=k, chat=False, desc="sampling hf")
         row["hf"] = rate_row(tokenizer, out_hf, sec_hf, m, m * k, batch_size=args.hf_batch)
@@ -350,6 +358,7 @@ def shape_mode(args) -> int:
         n = args.loglik_items
         ctx = [p for p in prompts[:n // 2] for _ in range(2)]
         conts = word_prompts(n, shape.vocab_size, mu=4.0, sigma=0.5, seed=args.seed + 7)
+        todays_attention()  # (prompts of more than one token go to SDPA either way)
         request_tokens = sum(len(tokenizer(c + " " + x)["input_ids"]) for c, x in zip(ctx, conts))
         shared_tokens = request_tokens - sum(len(tokenizer(c)["input_ids"]) for c in ctx[::2])
         rows = {}
