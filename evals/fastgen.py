@@ -152,7 +152,7 @@ class StaticDecoder:
     """
 
     def __init__(self, model, *, compile: bool = True, max_rows: int = 256, kv_budget_bytes: int | None = None,
-                 prefill_tokens: int = 65536, sync_every: int = 16, compile_mode: str = "reduce-overhead",
+                 prefill_tokens: int = 131072, sync_every: int = 16, compile_mode: str = "reduce-overhead",
                  compile_dynamic: bool | None = None, grouped_attention: bool = True):
         self.model = model
         self.compile = compile
