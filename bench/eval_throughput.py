@@ -18,7 +18,8 @@ The shape mode measures, each phase written to the JSON as soon as it ends (a la
    with the default grouped decode attention (evals/fastgen.py);
 4. greedy agreement between 1 and 3 on the same prompts, next to the agreement of ``hf`` with itself at batch 32
    (a batch-shape change alone flips near-ties in bf16);
-5. sampling, k continuations per prompt in one call (RealToxicityPrompts' protocol: k=25, 20 tokens);
+5. sampling, k continuations per prompt in one call (RealToxicityPrompts' protocol: k=25, 20 tokens), then the
+   compiled loop at twice the batch (512 rows);
 6. log-likelihood scoring (evals/suites/loglik.py) at the production batch and at a large one;
 8. (run before 7, last because least needed) the compiled loop with transformers' SDPA attention instead;
 7. an estimate of a full production evaluation (configs/llama31-8b.yaml: every suite, three arms) from the
@@ -349,6 +350,21 @@ def shape_mode(args) -> int:
         row["hf"] = rate_row(tokenizer, out_hf, sec_hf, m, m * k, batch_size=args.hf_batch)
         return row
     samp = guarded("sampling_k", 90, sampling_phase)
+
+    # 5b. twice the rows per batch on the same prompts (one batch of 512): a new shape for the dynamic graph the
+    #     compiled phase left (a CUDA-graph recording, not a compile), more rows over the same weight reads
+    def big_batch_phase():
+        rows = 2 * args.static_batch
+        gen = base.model_copy(update={"backend": "static", "static_batch_size": rows})
+        model._harmgate_static_decoder = None
+        first, first_s = timed_generate(model, tokenizer, prompts[:args.prompts], gen, desc=f"static {rows} first")
+        out, sec = timed_generate(model, tokenizer, prompts[:args.prompts], gen, desc=f"static {rows}")
+        decoder = static_decoder(model, gen)
+        model._harmgate_static_decoder = None
+        return rate_row(tokenizer, out, sec, args.prompts, args.prompts, batch_size=rows,
+                        first_call_seconds=round(first_s, 1), shapes=decoder.stats.as_dict()["shapes"],
+                        peak_allocated_gib=peak_gib())
+    guarded("static_compiled_batch_x2", 60, big_batch_phase)
 
     # 6. log-likelihood scoring, preference-style (each context with two continuations): today's rows (one per
     #    request, the production batch) against shared-prefix rows at a large batch

@@ -43,9 +43,9 @@ python3 - "$OUT/eval_throughput.json" <<'PY' || true
 import json, sys
 d = json.load(open(sys.argv[1]))
 p, s = d.get("phases", {}), d.get("summary", {})
-for name in ("hf", "static_eager", "static_compiled"):
+for name in ("hf", "static_eager", "static_compiled", "static_compiled_batch_x2", "static_compiled_sdpa"):
     if name in p:
-        print(f"{name:16s} {p[name].get('new_tokens_per_s')} new tokens/s, {p[name].get('prompts_per_s')} prompts/s")
+        print(f"{name:25s} {p[name].get('new_tokens_per_s')} new tokens/s, {p[name].get('prompts_per_s')} prompts/s")
 print("speed-up", s.get("speedup_new_tokens_per_s"), "bandwidth", json.dumps(s.get("bandwidth")))
 print("production estimate", json.dumps((s.get("production_estimate") or {}).get("new_total_minutes")),
       "min (today:", json.dumps((s.get("production_estimate") or {}).get("today_total_minutes")), "min)")
