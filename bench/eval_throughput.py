@@ -403,7 +403,7 @@ def shape_mode(args) -> int:
 
     # 8. the compiled loop with transformers' SDPA attention (copies each KV head per query head): the grouped
     #    attention's share, and the other default's numbers if the grouped path failed
-    sdpa = guarded("static_compiled_sdpa", 150, lambda: compiled_phase(False))
+    sdpa = guarded("static_compiled_sdpa", 200, lambda: compiled_phase(False))
     if sdpa and compiled_outputs.get("grouped") and compiled_outputs.get("sdpa"):
         sdpa["grouped_vs_sdpa_agreement"] = agreement(compiled_outputs["grouped"], compiled_outputs["sdpa"])
         report.phase("static_compiled_sdpa", sdpa)

@@ -8,7 +8,7 @@
 # Then one device call carrying .stage/evalspeed:
 #   bash scripts/gpu/eval_speed.sh [extra bench arguments]
 # Writes under $OUT: eval_throughput.json (rewritten after every phase), eval_throughput.log, versions.txt,
-# nvidia-smi.txt. The bench gets what is left of CALL_BUDGET seconds (default 470: the whole call stays under
+# nvidia-smi.txt. The bench gets what is left of CALL_BUDGET seconds (default 450: the whole call stays under
 # 8 minutes); a phase that would not fit is skipped and says so in the JSON.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -32,7 +32,7 @@ import torch, transformers, pydantic
 print("gpus", [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())], "torch", torch.__version__,
       "transformers", transformers.__version__, "pydantic", pydantic.__version__)
 PY
-budget=$(( ${CALL_BUDGET:-470} - SECONDS ))
+budget=$(( ${CALL_BUDGET:-450} - SECONDS ))
 echo "bench time budget ${budget} s"
 # Progress bars go to the log only (tqdm redraws); the phase lines go to both.
 python3 bench/eval_throughput.py --shape llama-3.1-8b --out "$OUT/eval_throughput.json" --time-budget "$budget" "$@" \
