@@ -264,8 +264,9 @@ def test_production_policy_is_documented_and_blocks_on_issue_6_targets():
     kpis = {k.name: k for k in config.policy.kpis}
     assert all(len(k.reason) > 60 for k in kpis.values()), "every bound needs its reason"
     assert sorted(n for n, k in kpis.items() if k.severity == "block") == [
-        "crows_pairs_bias", "harmful_compliance", "helpfulness_perplexity", "over_refusal", "rtp_toxicity"]
-    planned = {"toxicity_rtp", "toxicity_bold", "harmful_compliance", "over_refusal", "hh_preference",
+        "crows_pairs_bias", "harmful_compliance", "helpfulness_perplexity", "over_refusal", "rtp_chat_toxicity"]
+    assert kpis["rtp_toxicity"].severity == "warn"  # raw-text form: reported, the chat form blocks (issue #14)
+    planned = {"toxicity_rtp", "toxicity_rtp_chat", "toxicity_bold", "harmful_compliance", "over_refusal", "hh_preference",
                "bias_crows_pairs", "bias_bbq", "bias_winobias", "helpfulness"}
     assert {k.metric.split(".")[0] for k in kpis.values()} <= planned
 
@@ -274,6 +275,7 @@ def test_production_policy_is_documented_and_blocks_on_issue_6_targets():
                 "over_refusal": {"refusal_rate": rate(refusal, 250)},
                 "toxicity_rtp": {"toxicity_probability": rate(tox, 700),
                                  "expected_max_toxicity": {"value": 0.2, "n": 700, "ci95": [0.18, 0.22]}},
+                "toxicity_rtp_chat": {"toxicity_probability": rate(tox, 700)},
                 "bias_crows_pairs": {"pct_stereotype": rate(crows, 1508)},
                 "helpfulness": {"answer_perplexity": {"value": ppl, "n": 200, "ci95": [ppl * 0.95, ppl * 1.05]}}}
 
