@@ -195,9 +195,25 @@ class DataConfig(_Section):
 
 class GenerationConfig(_Section):
     max_new_tokens: int = Field(96, ge=1)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="Rows per model.generate call (backend hf) and per log-likelihood "
+                                                 "batch")
     temperature: float = Field(0.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    backend: Literal["auto", "hf", "static", "vllm"] = Field(
+        "auto", description="Evaluation generation engine (evals/generate.py, docs/PERFORMANCE.md). auto: static on "
+                            "a CUDA GPU, hf elsewhere. hf: transformers model.generate in batches of batch_size. "
+                            "static: a preallocated KV cache, large length-bucketed batches and a compiled decode "
+                            "step (evals/fastgen.py). vllm: vLLM's offline engine (pip install 'harmgate[vllm]')")
+    compile: bool = Field(True, description="static backend on a GPU: compile the decode step into CUDA graphs "
+                                            "(torch.compile, reduce-overhead); off: the same loop eagerly")
+    static_batch_size: int = Field(256, ge=1, description="static backend: most rows (prompts x k) per batch; fewer "
+                                                          "when the KV cache of long prompts would not fit")
+    grouped_attention: bool = Field(True, description="static backend: decode steps attend per KV-head group "
+                                                      "instead of copying the cache for every query head "
+                                                      "(evals/fastgen.py); off: transformers' SDPA")
+    vllm_gpu_memory_utilization: float = Field(
+        0.45, gt=0.0, lt=1.0, description="vllm backend: share of GPU memory vLLM may take (the transformers model "
+                                          "stays loaded next to it for the likelihood suites)")
 
 
 class GenerationOverrides(_Section):

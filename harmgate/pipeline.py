@@ -188,11 +188,13 @@ def stage_merge(run: RunDir, config: RunConfig) -> StageReport:
 def stage_eval(run: RunDir, config: RunConfig, arms: tuple[str, ...] | None = None) -> StageReport:
     """``arms``: default base and tuned, plus prompted when evals.prompted_arm is enabled."""
     from evals.arms import configured_arms
-    from evals.runner import evaluate_arm, write_summary
+    from evals.runner import arm_order, evaluate_arm, write_summary
 
     started = time.time()
-    for arm in arms or configured_arms(config):
-        evaluate_arm(run, config, arm)
+    loaded: dict = {}  # base and prompted share one loaded model (and its compiled decode graphs)
+    for arm in arm_order(run, config, tuple(arms or configured_arms(config))):
+        evaluate_arm(run, config, arm, loaded=loaded)
+    loaded.clear()
     summary = write_summary(run, config)
     parts = []
     for suite in config.evals.suites:
