@@ -2,8 +2,11 @@
 # Issue #14 (+ #15, #17 numbers) on one GPU machine lease, as device jobs back to back (the machine keeps /tmp
 # and background jobs only while it stays up, 30 s between jobs):
 #   here, once:            bash scripts/gpu/stage_bundle.sh          (-> .stage/p0 .. .stage/pN)
-#   job k (carry .stage/pk): bash scripts/gpu/round.sh take pk      (each job may also start/poll something)
-#   after the last chunk:  bash scripts/gpu/round.sh unpack && bash scripts/gpu/round.sh start RECIPE...
+#   job 0 (carry .stage/p0 .stage/evalspeed): bash scripts/gpu/round.sh bench && bash scripts/gpu/round.sh take p0
+#                          (issue #19's benchmark runs in the background on the otherwise idle GPU while chunks arrive)
+#   job k (carry .stage/pk): bash scripts/gpu/round.sh take pk
+#   after the last chunk:  bash scripts/gpu/round.sh unpack; then, once the bench is done (`wait 0` shows it):
+#                          bash scripts/gpu/round.sh instruments && bash scripts/gpu/round.sh start RECIPE...
 #   then:                  bash scripts/gpu/round.sh wait 540        (prints progress; repeat until done)
 #   finally:               COMMIT=<sha> bash scripts/gpu/round.sh collect   (-> $OUT)
 # `start` runs in its own session (setsid), so it outlives the job that started it:
@@ -17,6 +20,26 @@ W=/tmp/round
 mkdir -p "$OUT" "$W" /tmp/site /tmp/data /tmp/hgmodels /tmp/runs
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export HARMGATE_DATA_MIRROR=/tmp/data HARMGATE_MODEL_DIR=/tmp/hgmodels OMP_NUM_THREADS=4 PYTHONUNBUFFERED=1
+
+bench() {  # issue #19: scripts/gpu/eval_speed.sh in its own session, results in $W/bench
+  mkdir -p "$W/bench"
+  OUT=$W/bench setsid nohup bash scripts/gpu/eval_speed.sh > "$W/bench.log" 2>&1 < /dev/null &
+  sleep 1; echo "bench started"
+}
+
+instruments() {  # issue #13's instruments, trained here from the committed code (GPU budgets; docs/SCORERS.md)
+  log "instruments: toxicity scorer"
+  # shellcheck disable=SC2086  # extra arguments, split on purpose
+  python3 -m harmgate scorer train --device cuda ${SCORER_ARGS:-} > "$W/scorer-train.log" 2>&1 \
+    || { tail -20 "$W/scorer-train.log"; log "scorer train FAILED"; return 1; }
+  tail -5 "$W/scorer-train.log"
+  log "instruments: refusal judge"
+  # shellcheck disable=SC2086
+  python3 -m harmgate scorer validate-judge --device cuda ${JUDGE_ARGS:-} > "$W/judge-fit.log" 2>&1 \
+    || { tail -20 "$W/judge-fit.log"; log "judge fit FAILED"; return 1; }
+  tail -25 "$W/judge-fit.log"
+  log "instruments ready"
+}
 
 take() { cat ".stage/$1/bundle.part" >> "$W/bundle.tar"; cp ".stage/$1/bundle.sha256" "$W/"; ls -la "$W"; }
 
@@ -74,9 +97,13 @@ background() {
       && python3 -m harmgate eval "$W/base-run" --arm base > "$W/base.log" 2>&1 && touch "$W/base.ok"
     log "base evaluation done (ok: $([ -f "$W/base.ok" ] && echo yes || echo no))"; touch "$W/base.done" ) &
   for recipe in "$@"; do recipe_job "$recipe" & done
-  if [ -x scripts/gpu/capability.sh ] && [ -z "${NO_CAPABILITY:-}" ]; then
-    ( OUT=$W/capability bash scripts/gpu/capability.sh > "$W/capability.log" 2>&1; log "capability full run exit $?" ) &
-  fi
+  # Extra GPU work that shares the card with the recipes: EXTRA_JOBS, one command line per line.
+  local job i=0
+  while IFS= read -r job; do
+    [ -n "${job// /}" ] || continue
+    i=$((i + 1))
+    ( mkdir -p "$W/extra$i" && OUT=$W/extra$i bash -c "$job" > "$W/extra$i.log" 2>&1; log "extra $i ($job) exit $?" ) &
+  done <<< "${EXTRA_JOBS:-}"
   wait
   log "round done"; touch "$W/all.done"
 }
@@ -94,7 +121,7 @@ collect() {
   cp "$W/round.log" "$W/versions.txt" "$OUT/" 2>/dev/null || true
   echo "commit ${COMMIT:-unknown}" >> "$OUT/versions.txt"
   tar czf "$OUT/logs.tgz" -C "$W" --exclude=bundle.tar --exclude=wheels --exclude=gguf --exclude=models --exclude=site \
-    --exclude=data.tgz --exclude=base-run . 2>/dev/null || true
+    --exclude=data.tgz --exclude=base-run --exclude='*.ckpt' --exclude='*.safetensors' --exclude='*.bin' . 2>/dev/null || true
   for run in /tmp/runs/*/; do
     local name; name=$(basename "$run")
     tar czf "$OUT/run-$name.tgz" -C /tmp/runs --exclude=model --exclude=adapter --exclude=checkpoints \
@@ -109,6 +136,8 @@ collect() {
 }
 
 case "${1:-}" in
+  bench) bench ;;
+  instruments) instruments ;;
   take) take "$2" ;;
   unpack) unpack ;;
   start) shift; start "$@" ;;
