@@ -30,18 +30,19 @@ class SourceSpec:
 
 
 SOURCES: dict[str, SourceSpec] = {
-    "dynahate": SourceSpec(*READERS["dynahate"], train=2000),
-    "cmsb_sexism": SourceSpec(*READERS["cmsb_sexism"], train=700),
-    "hatemoji": SourceSpec(*READERS["hatemoji"], train=400),
-    "conan": SourceSpec(*READERS["conan"], train=800),
-    "implicit_hate": SourceSpec(*READERS["implicit_hate"], train=900),
-    "hatexplain": SourceSpec(*READERS["hatexplain"], train=900),
-    "stormfront": SourceSpec(*READERS["stormfront"], train=500),
-    "ethos": SourceSpec(*READERS["ethos"], train=300, heldout=150),
-    "olid": SourceSpec(*READERS["olid"], train=500),
-    "sbic": SourceSpec(*READERS["sbic"], train=300),
-    "davidson": SourceSpec(DAVIDSON, read_davidson, train=500),
-    "toxigen": SourceSpec(TOXIGEN, read_toxigen, train=300, heldout=100),
+    # budgets for a CPU run (~5,000 examples, 158 steps of 32); --scale multiplies them (scripts/gpu/train_scorer.sh)
+    "dynahate": SourceSpec(*READERS["dynahate"], train=1300),
+    "cmsb_sexism": SourceSpec(*READERS["cmsb_sexism"], train=450),
+    "hatemoji": SourceSpec(*READERS["hatemoji"], train=200),
+    "conan": SourceSpec(*READERS["conan"], train=500),
+    "implicit_hate": SourceSpec(*READERS["implicit_hate"], train=550),
+    "hatexplain": SourceSpec(*READERS["hatexplain"], train=550),
+    "stormfront": SourceSpec(*READERS["stormfront"], train=300),
+    "ethos": SourceSpec(*READERS["ethos"], train=200, heldout=150),
+    "olid": SourceSpec(*READERS["olid"], train=300),
+    "sbic": SourceSpec(*READERS["sbic"], train=200),
+    "davidson": SourceSpec(DAVIDSON, read_davidson, train=300),
+    "toxigen": SourceSpec(TOXIGEN, read_toxigen, train=200, heldout=100),
 }
 
 

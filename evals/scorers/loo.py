@@ -20,7 +20,7 @@ from evals.scorers import functional
 from evals.scorers.corpus import SourceData, build_corpus, stratified_sample
 from evals.scorers.datasets import LABELS
 
-LOO_VALIDATION_PER_SOURCE = 100
+LOO_VALIDATION_PER_SOURCE = 50
 
 
 def leave_one_out(data: Mapping[str, SourceData], s: Any, *, device: str, progress: bool = True,
