@@ -160,6 +160,56 @@ def train(
     console.print(f"checkpoint: [bold]{result.checkpoint}[/]\nmetrics: {result.output / 'metrics.json'}")
 
 
+@scorer_app.command("loo")
+def loo(
+    out: Path = typer.Option(..., help="Write the leave-one-out folds as JSON here"),
+    folds: str = typer.Option("all", help="Comma list of sources to leave out, one fold each (others: a separate "
+                                          "process, then --merge)"),
+    merge: Optional[list[Path]] = typer.Option(None, help="Instead of training: merge these fold files into --out"),
+    encoder: Optional[str] = typer.Option(None), mirror: Optional[str] = typer.Option(None),
+    sources: str = typer.Option("all", help="Sources the folds train on and leave out"),
+    data: Optional[list[str]] = typer.Option(None, help="SOURCE=PATH (repeatable)"),
+    loo_scale: float = typer.Option(0.4, help="Fold training budget relative to the defaults"),
+    loo_test: int = typer.Option(600, help="Examples of the left-out source scored per fold"),
+    heldout_fraction: float = typer.Option(0.15), epochs: float = typer.Option(1.0),
+    batch_size: int = typer.Option(32), max_length: int = typer.Option(64), seed: int = typer.Option(0),
+    device: str = typer.Option("auto"), threads: int = typer.Option(0),
+) -> None:
+    """Leave-one-dataset-out alone (what `scorer train --leave-one-out` adds): one fresh model per left-out source."""
+    from evals.scorers.corpus import load_sources, parse_sources
+    from evals.scorers.datasets import ToxicityDataError
+    from evals.scorers.encoder import EncoderNotFound, pick_device
+    from evals.scorers.loo import leave_one_out, merge as merge_parts
+    from evals.scorers.train import TrainSettings
+    from harmgate.rundir import write_json
+    from evals.scorers import functional
+
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        if merge:
+            result = merge_parts([json.loads(p.read_text(encoding="utf-8")) for p in merge])
+        else:
+            settings = TrainSettings(output=out.parent, encoder=encoder, mirror=mirror, sources=parse_sources(sources),
+                                     paths=_pairs(data, "--data"), heldout_fraction=heldout_fraction, epochs=epochs,
+                                     batch_size=batch_size, max_length=max_length, seed=seed, device=device,
+                                     leave_one_out=True, loo_scale=loo_scale, loo_test=loo_test)
+            run = parse_sources(folds) if folds != "all" else settings.sources
+            outside = [f for f in run if f not in settings.sources]
+            if outside:
+                _fail(f"--folds {', '.join(outside)} not among --sources")
+            loaded = load_sources(settings.sources, mirror=mirror, overrides=settings.paths,
+                                  exclude=functional.texts())
+            result = leave_one_out(loaded, settings, device=pick_device(device), folds_to_run=run, log=console.print)
+    except (ValueError, ToxicityDataError, EncoderNotFound, OSError) as err:
+        _fail(str(err))
+    write_json(out, result)
+    console.print(_loo_table(result))
+    console.print(f"mean toxicity AUC over folds with both classes: {result['mean_toxicity_auc']}\nwritten: {out}")
+
+
 @scorer_app.command("eval")
 def eval_(
     checkpoint: str = typer.Option("harmgate/toxicity-minilm", help="Detoxify hub name or local checkpoint"),

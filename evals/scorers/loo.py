@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from evals.scorers import functional
 from evals.scorers.corpus import SourceData, build_corpus, stratified_sample
@@ -24,12 +24,13 @@ LOO_VALIDATION_PER_SOURCE = 50
 
 
 def leave_one_out(data: Mapping[str, SourceData], s: Any, *, device: str, progress: bool = True,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
+                  folds_to_run: Sequence[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """One fold per source in ``folds_to_run`` (default: every source in ``data``); each trains on all others."""
     from evals.scorers.train import accuracy_by_source, auc_table, choose_threshold, fit, predict_probs
 
     tox = LABELS.index("toxicity")
     folds: dict[str, Any] = {}
-    for held in data:
+    for held in folds_to_run or list(data):
         started = time.time()
         rest = {k: v for k, v in data.items() if k != held}
         corpus = build_corpus(rest, seed=s.seed, heldout_fraction=s.heldout_fraction, scale=s.loo_scale,
@@ -63,7 +64,27 @@ def leave_one_out(data: Mapping[str, SourceData], s: Any, *, device: str, progre
         log(f"left out {held}: toxicity AUC {f['auc']['toxicity']['auc']}, accuracy at {f['threshold']:.3f} "
             f"{f['toxicity_accuracy_at_threshold']}, functional AUC {f['functional_auc']} ({f['seconds']} s)")
         del fitted
+    return summarise(folds, {"loo_scale": s.loo_scale, "loo_test": s.loo_test, "sources": list(data),
+                             "validation_per_source": LOO_VALIDATION_PER_SOURCE, "seed": s.seed})
+
+
+def summarise(folds: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
     aucs = [f["auc"]["toxicity"]["auc"] for f in folds.values() if f["auc"]["toxicity"]["auc"] is not None]
-    return {"folds": folds, "settings": {"loo_scale": s.loo_scale, "loo_test": s.loo_test,
-                                         "validation_per_source": LOO_VALIDATION_PER_SOURCE},
+    return {"folds": dict(folds), "settings": dict(settings),
             "mean_toxicity_auc": round(sum(aucs) / len(aucs), 4) if aucs else None}
+
+
+def merge(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Folds run in separate processes (``harmgate scorer loo --folds``) as one table; their settings must agree."""
+    if not parts:
+        raise ValueError("nothing to merge")
+    settings = parts[0]["settings"]
+    folds: dict[str, Any] = {}
+    for p in parts:
+        if p["settings"] != settings:
+            raise ValueError(f"leave-one-out parts ran with different settings: {settings} vs {p['settings']}")
+        twice = set(folds) & set(p["folds"])
+        if twice:
+            raise ValueError(f"fold(s) {', '.join(sorted(twice))} appear in more than one part")
+        folds.update(p["folds"])
+    return summarise(folds, settings)
