@@ -210,6 +210,40 @@ def loo(
     console.print(f"mean toxicity AUC over folds with both classes: {result['mean_toxicity_auc']}\nwritten: {out}")
 
 
+@scorer_app.command("rescore")
+def rescore_(
+    paths: list[Path] = typer.Argument(..., help="Run directories (evals/*/toxicity_*.samples.jsonl) or dashboards"),
+    checkpoint: str = typer.Option("harmgate/toxicity-minilm", help="Detoxify hub name or local checkpoint"),
+    hf_config_dir: Optional[str] = typer.Option(None), label: str = typer.Option("toxicity"),
+    device: str = typer.Option("cpu"), batch_size: int = typer.Option(32),
+    out: Optional[Path] = typer.Option(None, help="Folder for rescore.json + rescore.md"),
+) -> None:
+    """Re-score stored toxicity generations with another scorer and compare with the scores they were stored with."""
+    from evals.scorers.detoxify_scorer import DetoxifyScorer, ToxicityScorerError, load_detoxify
+    from evals.scorers.rescore import load, markdown, rescore
+    from harmgate.rundir import write_json
+
+    try:
+        gens, kinds = load(paths)
+        detox, origin = load_detoxify(checkpoint, device=device, hf_config_dir=hf_config_dir)
+        scorer = DetoxifyScorer(detox, label=label, batch_size=batch_size,
+                                name=f"{checkpoint}@{origin.get('sha256', '')[:12]}:{label}")
+    except (ValueError, OSError, ToxicityScorerError) as err:
+        _fail(str(err))
+    if not gens:
+        _fail("no toxicity_rtp / toxicity_bold generations found in " + ", ".join(map(str, paths)))
+    operating = (origin.get("harmgate") or {}).get("operating_threshold")
+    result = rescore(gens, scorer, operating_threshold=operating)
+    result["checkpoint"] = origin
+    text = markdown(result, kinds)
+    print(text)  # Markdown as is: rich would wrap the table rows
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "rescore.json", {**result, "inputs": kinds})
+        (out / "rescore.md").write_text(text, encoding="utf-8")
+        console.print(f"written: {out / 'rescore.json'}, {out / 'rescore.md'}")
+
+
 @scorer_app.command("eval")
 def eval_(
     checkpoint: str = typer.Option("harmgate/toxicity-minilm", help="Detoxify hub name or local checkpoint"),
