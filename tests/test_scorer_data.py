@@ -51,14 +51,15 @@ def test_profanity_and_in_group_offence_never_teach_toxicity(loaded):
     assert offensive and all(e.labels["toxicity"] is None for e in offensive)
 
 
-def test_functional_suite_never_reaches_training(shared_data, tmp_path):
+def test_functional_suite_never_reaches_training(tmp_path, monkeypatch):
     case = functional.cases()[0].text
     root = tmp_path / "mirror" / "hate" / "dynahate"
     root.mkdir(parents=True)
     (root / "dynahate_train.csv").write_text(f"text,label\n\"{case}\",1\nsomething else entirely,0\n",
                                              encoding="utf-8")
     (root / "dynahate_test.csv").write_text("text,label\n", encoding="utf-8")
-    data = load_sources(["dynahate"], mirror=str(tmp_path / "mirror"), exclude=functional.texts())
+    monkeypatch.setenv("HARMGATE_DATA_MIRROR", str(tmp_path / "mirror"))  # the variable wins over the argument
+    data = load_sources(["dynahate"], exclude=functional.texts())
     assert [e.text for e in data["dynahate"].examples] == ["something else entirely"]
     assert data["dynahate"].report.skipped["functional_suite_text"] == 1
 

@@ -223,7 +223,7 @@ def read_conan(where: Path) -> tuple[list[Example], SourceReport]:
     return r.done()
 
 
-_MENTION = re.compile(r"\bMENTION\d+\b")
+_MENTION = re.compile(r"MENTION\d+")
 
 
 def read_cmsb(where: Path) -> tuple[list[Example], SourceReport]:
