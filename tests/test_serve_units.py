@@ -99,6 +99,30 @@ def test_threshold_is_strictly_above():
     assert Moderator(Fixed(), ModerationConfig(threshold=0.49)).check("x").flagged
 
 
+def test_default_threshold_is_the_checkpoints_operating_threshold():
+    """`threshold: checkpoint` (the default) takes the threshold `harmgate scorer train` chose on validation data
+    and stored with the checkpoint; a scorer without one (hub Detoxify, blocklist) gets 0.5."""
+    class Carrying:
+        name = "trained"
+        origin = {"harmgate": {"operating_threshold": 0.37}}
+
+        def score(self, texts):
+            return [0.4] * len(texts)
+
+    class Plain:
+        name = "plain"
+
+        def score(self, texts):
+            return [0.4] * len(texts)
+
+    assert ModerationConfig().threshold == "checkpoint"
+    carrying = Moderator(Carrying(), ModerationConfig())
+    assert carrying.threshold == 0.37 and carrying.check("x").flagged
+    assert Moderator(Carrying(), ModerationConfig(threshold=0.5)).threshold == 0.5  # a number wins
+    plain = Moderator(Plain(), ModerationConfig())
+    assert plain.threshold == 0.5 and not plain.check("x").flagged
+
+
 def test_blocklist_rereads_its_file(blocklist):
     scorer = BlocklistScorer(blocklist)
     assert scorer.score(["a FORBIDDEN word", "fine"]) == [1.0, 0.0]

@@ -4,7 +4,8 @@ Suites (evals/suites) and the service's moderation (serve/) depend only on the `
 Detoxify hub checkpoint, a locally trained Detoxify-format checkpoint or any other classifier can be swapped in.
 
 - ``load_toxicity_scorer(cfg)``: the scorer ``evals.toxicity_scorer`` names (detoxify_scorer.py)
-- ``harmgate scorer train``: builds harmgate's default checkpoint (train.py, datasets.py)
+- ``harmgate scorer train``: builds harmgate's default checkpoint (train.py; data: datasets.py, hate_sources.py,
+  corpus.py; validation: functional.py, loo.py; the portable folder: checkpoint.py)
 - the refusal judge's classifier head and its XSTest validation (refusal_head.py; the judge is evals/judge.py)
 """
 

