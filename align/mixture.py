@@ -7,7 +7,8 @@ Example (TRL's conversational prompt-completion shape; loss on the final reply o
 
 Pipeline, per source in config order: read rows (``limit``) -> convert (hh: the ``field`` transcript;
 instruction: instruction/input/output[/history]; pointwise: {messages, reply, label}, e.g. production feedback
-from `harmgate feedback export`, each row with its own label) -> drop eval leaks -> drop duplicates (global, first source
+from `harmgate feedback export`, each row with its own label) -> drop eval leaks (a first user turn that is an
+eval prompt, or a user turn containing an eval suite's template) -> drop duplicates (global, first source
 wins). Every dropped row is counted under a reason in the manifest; nothing is dropped silently.
 
 Sampling rule:
@@ -124,10 +125,31 @@ def _eval_set(eval_prompts: Iterable[str]) -> set[str]:
     return {n for n in (normalise(p) for p in eval_prompts if isinstance(p, str)) if n}
 
 
-def check_no_leakage(examples: Iterable[dict[str, Any]], eval_prompts: Iterable[str]) -> None:
-    """Raise DataLeakError if any example's first user turn is (normalised) an eval prompt."""
-    evals = _eval_set(eval_prompts)
-    leaks = [first_user_turn(ex) for ex in examples if normalise(first_user_turn(ex)) in evals]
+def _templates(eval_templates: Iterable[str]) -> list[str]:
+    return sorted(_eval_set(eval_templates), key=len)
+
+
+def contains_template(example: dict[str, Any], templates: list[str]) -> bool:
+    """Whether any user turn of ``example`` contains (normalised) one of the eval suites' fixed texts: a
+    jailbreak template with another request in its slot is still the evaluation's template."""
+    if not templates:
+        return False
+    shortest = len(templates[0])
+    for m in example["prompt"]:
+        if m["role"] == "user" and len(m["content"]) >= shortest:
+            text = normalise(m["content"])
+            if any(t in text for t in templates):
+                return True
+    return False
+
+
+def check_no_leakage(examples: Iterable[dict[str, Any]], eval_prompts: Iterable[str],
+                     eval_templates: Iterable[str] = ()) -> None:
+    """Raise DataLeakError if any example's first user turn is (normalised) an eval prompt, or any of its user
+    turns contains an eval template."""
+    evals, templates = _eval_set(eval_prompts), _templates(eval_templates)
+    leaks = [first_user_turn(ex) for ex in examples
+             if normalise(first_user_turn(ex)) in evals or contains_template(ex, templates)]
     if leaks:
         shown = "; ".join(repr(t[:80]) for t in leaks[:3])
         raise DataLeakError(f"{len(leaks)} training example(s) have an evaluation prompt as their first user "
@@ -172,8 +194,9 @@ def _licence(source: DataSource) -> tuple[str, str]:
     return "unknown", "unknown"
 
 
-def build_mixture(data: DataConfig, *, eval_prompts: Iterable[str] = ()) -> Mixture:
-    evals = _eval_set(eval_prompts)
+def build_mixture(data: DataConfig, *, eval_prompts: Iterable[str] = (),
+                  eval_templates: Iterable[str] = ()) -> Mixture:
+    evals, templates = _eval_set(eval_prompts), _templates(eval_templates)
     seen: set[str] = set()
     pools: list[list[dict[str, Any]]] = []
     entries: list[dict[str, Any]] = []
@@ -191,6 +214,9 @@ def build_mixture(data: DataConfig, *, eval_prompts: Iterable[str] = ()) -> Mixt
                 continue
             if evals and normalise(first_user_turn(ex)) in evals:
                 skipped["eval_leak"] += 1
+                continue
+            if contains_template(ex, templates):
+                skipped["eval_template_leak"] += 1
                 continue
             if data.dedup:
                 key = _dedup_key(ex)
@@ -247,6 +273,7 @@ def build_mixture(data: DataConfig, *, eval_prompts: Iterable[str] = ()) -> Mixt
         "sampling": "all_usable" if data.max_examples is None else "weighted_shares",
         "seed": data.seed, "dedup": data.dedup, "max_examples": data.max_examples,
         "eval_prompts_checked": len(evals),
+        "eval_templates_checked": len(templates),
         "sources": entries,
         "totals": {
             "rows_read": sum(e["rows_read"] for e in entries), "usable": sum(sizes), "examples": len(examples),

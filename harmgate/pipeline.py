@@ -73,10 +73,10 @@ def _prompted_arm_problems(config: RunConfig) -> list[str]:
 
 def stage_data(run: RunDir, config: RunConfig) -> StageReport:
     from align.mixture import build_mixture, write_mixture
-    from evals.runner import eval_prompts
+    from evals.runner import eval_prompts, eval_templates
 
     started = time.time()
-    mixture = build_mixture(config.data, eval_prompts=eval_prompts(config))
+    mixture = build_mixture(config.data, eval_prompts=eval_prompts(config), eval_templates=eval_templates(config))
     write_mixture(mixture, run)
     m = mixture.manifest
     skipped = {s["id"]: s.get("skipped", {}) for s in m.get("sources", [])}

@@ -134,6 +134,9 @@ class Suite:
     prompt_format: ClassVar[Literal["chat", "raw"]] = "chat"
     default_generation: ClassVar[dict[str, Any]] = {}  # the benchmark's protocol, e.g. sampling for RTP
     Options: ClassVar[type[BaseModel]] = NoOptions
+    # An evaluation set held out of every training mixture, whether or not the run's config evaluates it
+    # (attack_robustness: its pool and templates are shared with data the alignment work trains on).
+    always_held_out: ClassVar[bool] = False
 
     # --- configuration -------------------------------------------------------------------------------------
     def options(self, cfg: SuiteConfig) -> Any:
@@ -224,6 +227,11 @@ class Suite:
         """The user turns this suite asks: the training mixture must not contain them (align.mixture compares
         an example's first user turn, so multi-turn items give theirs as ``meta["first_user_turn"]``)."""
         return [it.meta.get("first_user_turn", it.prompt) for it in self.load(cfg, mirror).items]
+
+    def eval_templates(self, cfg: SuiteConfig, mirror: str | None) -> list[str]:
+        """Fixed texts (jailbreak templates, attack wordings) this suite wraps its prompts in: a training
+        example whose user turns *contain* one is a leak too (align.mixture)."""
+        return []
 
     # --- running -------------------------------------------------------------------------------------------
     def use_chat(self, options: Any) -> bool:
