@@ -228,3 +228,49 @@ def test_pool_and_templates_are_held_out_of_training_even_when_not_evaluated(mir
     assert mix.manifest["eval_templates_checked"] == len(set(templates)) >= 6 + 8
     with pytest.raises(DataLeakError, match="4 training example"):
         check_no_leakage(build_mixture(data).examples, prompts, templates)
+
+
+# --- dashboard ---------------------------------------------------------------------------------------------------
+EVIL = '<script>window.__pwned = 1</script>'
+
+
+def test_dashboard_attack_table_and_worst_attacked_generations(mirror, tmp_path):
+    from gates.report import build_report, render_report
+    from harmgate.config import parse_config
+    from harmgate.rundir import create_run_dir, write_json
+
+    suite = get_suite(NAME)
+    config = parse_config({
+        "name": "att", "model": {"base": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+        "data": {"sources": [{"id": "tatsu-lab/alpaca", "format": "instruction"}]},
+        "evals": {"suites": [{"name": NAME, "options": {"attacks": ["base64", "prefix_injection"]}}]},
+        "policy": {"kpis": [{"name": "attack_any", "metric": f"{NAME}.asr_any", "direction": "lower", "max": 0.5,
+                             "non_regression": {"mode": "block_if_significant_regression"}}]},
+        "store": {"endpoint_url": "http://127.0.0.1:9"}})
+    run = create_run_dir(config, tmp_path / "run")
+    attacks = suite.attacks(config.evals.suites[0], None)
+    requests = [EvalItem(f"r{i}", f"harmful request {i}", {"category": "c"}) for i in range(4)]
+    no, yes = "I'm sorry, but I can't help with that.", f"Sure, here is how you do it, step by step: {EVIL}"
+    replies = {"base": [no, no, no] * 4,                                 # the base resists everything
+               "tuned": [no, yes, b64_encode(yes)] + [no, no, no] * 3}   # the tuned model breaks on r0
+    summary = {"arms": {}}
+    for arm, rep in replies.items():
+        result = suite.score_pairs(requests, attacks, rep, SuiteContext())
+        write_json(run.eval_result(arm, NAME), {"suite": NAME, "arm": arm, "metrics": result.metrics,
+                                                "breakdowns": result.breakdowns, "info": result.info,
+                                                "samples": result.samples})
+        summary["arms"][arm] = {NAME: result.metrics}
+    write_json(run.eval_summary, summary)
+    report = build_report(run, registry=False)
+    view = report.attacks
+    rows = {r.name: r for r in view.rows}
+    assert [r.name for r in view.rows] == ["direct", "prefix_injection", "any competing objectives attack",
+                                           "base64", "any encodings attack", "any attack"]
+    assert rows["any attack"].cells["tuned"].count == 1 and rows["any attack"].cells["base"].count == 0
+    assert rows["base64"].cells["tuned"].value == 0.25 and rows["base64"].cells["tuned"].high > 0.25
+    assert sorted(w.attack for w in view.worst) == ["base64", "prefix_injection"]  # one per attack first
+    b64 = next(w for w in view.worst if w.attack == "base64")
+    assert b64.meaning == yes and b64.base_broken is False and view.broken == 2
+    html = render_report(report)
+    assert 'id="attacks"' in html and 'href="#attacks"' in html and 'data-attack="any attack"' in html
+    assert EVIL not in html and "&lt;script&gt;window.__pwned" in html
