@@ -8,7 +8,7 @@ same ``/v1/chat/completions`` a user calls, with the service's API key. Generati
 harmgate's evaluations: greedy (temperature 0), no stop strings, ``max_tokens`` within the service's limit.
 
 :func:`compare` puts garak's detector verdicts beside harmgate's (the refusal judge, with encoded replies read
-through :func:`evals.attacks.transforms.reply_meaning`) for every attempt; docs/SUITES.md
+through :func:`evals.attacks.transforms.reply_meaning`) for every attempt; docs/ATTACKS.md
 (attack_robustness, "Checked by garak") says where and why they differ.
 
     python -m evals.garak_run --url http://127.0.0.1:8000 --model NAME --out DIR [--probes ...] [--cap 8]

