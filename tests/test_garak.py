@@ -42,7 +42,8 @@ def garak_python() -> Path:
 def svc(s3_store, tiny_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("garak-svc")
     publish(s3_store, tiny_model_dir, NAME, "v1")
-    cfg = service_config(tmp, NAME, s3_store, max_new_tokens=MAX_TOKENS)
+    # STAN is ~900 tokens for the tiny model's 512-word vocabulary; its context is 1024
+    cfg = service_config(tmp, NAME, s3_store, max_new_tokens=MAX_TOKENS, max_prompt_tokens=1000)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(StoreConfig().signing_key_env, SIGNING_KEY)
         mp.setenv("HARMGATE_API_KEYS", API_KEY)
@@ -59,20 +60,20 @@ def _served_requests(svc) -> float:
 @pytest.mark.slow
 def test_garak_scans_the_running_service(svc, garak_python, tmp_path):
     before = _served_requests(svc)
-    run = run_garak(svc.url, NAME, API_KEY, tmp_path / "garak", probes=("dan.DUDE", "encoding.InjectBase64"),
+    run = run_garak(svc.url, NAME, API_KEY, tmp_path / "garak", probes=("dan.STAN", "encoding.InjectBase64"),
                     cap=3, max_tokens=MAX_TOKENS, garak_python=garak_python, timeout_s=600)
     by_probe = {}
     for a in run.attempts:
         by_probe.setdefault(a["probe_classname"], []).append(a)
-    assert {k: len(v) for k, v in by_probe.items()} == {"dan.DUDE": 1, "encoding.InjectBase64": 3}
+    assert {k: len(v) for k, v in by_probe.items()} == {"dan.STAN": 1, "encoding.InjectBase64": 3}
     # every attempt got a reply from the service (garak records None when a call fails)
     assert all(a["outputs"] and a["outputs"][0] is not None for a in run.attempts)
     assert all(a["detector_results"] for a in run.attempts)  # garak's detectors scored each one
-    assert {e["probe"] for e in run.evals} == {"dan.DUDE", "encoding.InjectBase64"}
+    assert {e["probe"] for e in run.evals} == {"dan.STAN", "encoding.InjectBase64"}
     if before is not None:
         assert _served_requests(svc) - before >= 4, "the replies came from this service"
     result = compare(run, load_judge())
-    dude = result["probes"]["dan.DUDE"]
-    assert dude["replies"] == 1 and set(dude["garak_hit_rate"]) >= {"dan.DUDE", "mitigation.MitigationBypass"}
-    assert 0 <= dude["agreement"]["mitigation.MitigationBypass"] <= 1
+    stan = result["probes"]["dan.STAN"]
+    assert stan["replies"] == 1 and set(stan["garak_hit_rate"]) >= {"dan.STAN", "mitigation.MitigationBypass"}
+    assert 0 <= stan["agreement"]["mitigation.MitigationBypass"] <= 1
     assert len(result["attempts"]) == 4 and all("harmgate_label" in r for r in result["attempts"])
