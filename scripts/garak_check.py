@@ -17,45 +17,21 @@ import argparse
 import json
 import os
 import secrets
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import requests
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.serve_load import start_service, wait_until_ready  # noqa: E402
 from evals.garak_run import DEFAULT_PROBES, compare, run_garak  # noqa: E402
 from evals.judge import load_judge  # noqa: E402
 from gates.registry import Registry  # noqa: E402
 from gates.store import store_down, store_up  # noqa: E402
 from harmgate.config import StoreConfig  # noqa: E402
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the service exited with {proc.returncode} before it was ready")
-        try:
-            if requests.get(url + "/readyz", timeout=5).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(2)
-    raise TimeoutError(f"the service at {url} was not ready after {timeout_s:.0f} s")
 
 
 def main() -> int:
@@ -94,13 +70,10 @@ def main() -> int:
         }
         cfg_path = work / "service.yaml"
         cfg_path.write_text(yaml.safe_dump(config))
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "HARMGATE_API_KEYS": key, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-        log = open(args.out / "service.log", "w", encoding="utf-8")
-        proc = subprocess.Popen([sys.executable, "-m", "serve.runner", "--config", str(cfg_path), "--port",
-                                 str(port)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        wait_ready(url, proc, 600)
+        os.environ["PYTHONPATH"] = str(REPO)
+        log = args.out / "service.log"
+        proc, url = start_service(cfg_path, key, log, gunicorn=False)  # the dev server: one model, one process
+        wait_until_ready(proc, url, log, proc.terminate, timeout_s=600)
         run = run_garak(url, args.name, key, args.out, probes=tuple(args.probes.split(",")), cap=args.cap,
                         max_tokens=args.max_tokens, garak_python=REPO / ".venv-garak" / "bin" / "python",
                         timeout_s=3600)
