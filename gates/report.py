@@ -524,7 +524,8 @@ def build_report(run: RunDir, *, registry: bool = True) -> Report:
                          docs, kpis, name, (arms.get("prompted") or {}).get(name))
         bd = {arm: (results[name][arm] or {}).get("breakdowns") or {} for arm in ARMS}
         tables, counts = _breakdowns(bd["base"], bd["tuned"], docs, kpis, name)
-        worst, more, note = _worst(run, name, results[name], kpis)
+        # attack_robustness's worst generations are in its own section (per attack, base beside)
+        worst, more, note = ([], [], "") if name == ATTACK_SUITE else _worst(run, name, results[name], kpis)
         info = {k: str(v) for k, v in (result.get("info") or {}).items() if isinstance(v, (str, int, float))}
         for k in ("model", "kind", "k", "limit", "seconds", "source"):
             if isinstance(result.get(k), (str, int, float)):
