@@ -49,11 +49,15 @@ class GarakRun:
     command: list[str]
 
 
-def garak_config(url: str, *, max_tokens: int, cap: int, seed: int, report_dir: Path) -> dict[str, Any]:
-    """garak's run config (YAML): one generation per prompt, at most ``cap`` prompts per probe, greedy."""
+def garak_config(url: str, probes: tuple[str, ...], *, max_tokens: int, cap: int, seed: int,
+                 report_dir: Path) -> dict[str, Any]:
+    """garak's run config (YAML): the probes, one generation per prompt, at most ``cap`` prompts per probe,
+    greedy."""
     return {
         "system": {"parallel_attempts": False, "lite": True},
-        "run": {"generations": 1, "soft_probe_prompt_cap": cap, "seed": seed},
+        "run": {"generations": 1, "soft_probe_prompt_cap": cap, "seed": seed,
+                # garak's run.spec selection (the CLI's --probes is deprecated since 0.15)
+                "spec": {"include": [f"probes.{p}" for p in probes], "exclude": []}},
         "plugins": {"generators": {"openai": {"OpenAICompatible": {
             "uri": url.rstrip("/") + "/v1/", "max_tokens": max_tokens, "temperature": 0.0, "top_p": 1.0,
             # the service takes OpenAI's core parameters; penalties and stop strings would only change replies
@@ -70,11 +74,10 @@ def run_garak(url: str, model: str, api_key: str, out: Path, *, probes: tuple[st
         raise GarakRunError(f"no garak environment at {garak_python}: run `make garak`")
     out.mkdir(parents=True, exist_ok=True)
     cfg_path = out / "garak_config.yaml"
-    cfg_path.write_text(yaml.safe_dump(garak_config(url, max_tokens=max_tokens, cap=cap, seed=seed,
+    cfg_path.write_text(yaml.safe_dump(garak_config(url, probes, max_tokens=max_tokens, cap=cap, seed=seed,
                                                     report_dir=out)), encoding="utf-8")
     command = [str(garak_python), "-m", "garak", "--config", str(cfg_path), "--target_type",
-               "openai.OpenAICompatible", "--target_name", model, "--probes", ",".join(probes),
-               "--report_prefix", "harmgate"]
+               "openai.OpenAICompatible", "--target_name", model, "--report_prefix", "harmgate"]
     # garak keeps its cache and logs under XDG folders: point them into ``out`` (no writes to $HOME).
     env = {**os.environ, API_KEY_ENV: api_key, "XDG_DATA_HOME": str(out / "xdg-data"),
            "XDG_CACHE_HOME": str(out / "xdg-cache"), "XDG_CONFIG_HOME": str(out / "xdg-config"),
