@@ -45,10 +45,26 @@ def _history(row: dict[str, Any]) -> list[Message]:
     return messages
 
 
+def _conversation(row: dict[str, Any]) -> list[Message]:
+    """LIMA as the hub serves it (GAIR/lima train.jsonl): ``conversations`` alternates user and assistant turns,
+    starting with the user; the mirror's copy (LLaMA-Factory's lima.json) has instruction/output/history instead."""
+    turns = row["conversations"]
+    if not isinstance(turns, list) or not all(isinstance(t, str) for t in turns):
+        raise InstructionError("not_a_string", "'conversations' must be a list of strings")
+    if len(turns) < 2 or len(turns) % 2:
+        raise InstructionError("bad_history", f"'conversations' needs user/assistant pairs, got {len(turns)} turns")
+    if not all(t.strip() for t in turns):
+        raise InstructionError("empty_completion", "a turn of 'conversations' is empty")
+    return [{"role": "user" if i % 2 == 0 else "assistant", "content": t.strip()} for i, t in enumerate(turns)]
+
+
 def instruction_to_messages(row: Any) -> list[Message]:
-    """History turns, then the user turn (instruction [+ blank line + input]), then the assistant output."""
+    """History turns, then the user turn (instruction [+ blank line + input]), then the assistant output.
+    A row with ``conversations`` and no ``instruction`` (LIMA on the hub) gives its turns in order."""
     if not isinstance(row, dict):
         raise InstructionError("not_an_object", f"row must be an object, got {type(row).__name__}")
+    if "conversations" in row and "instruction" not in row:
+        return _conversation(row)
     instruction = _text(row, "instruction", required=True)
     extra = _text(row, "input", required=False)  # optional: safety data and LIMA have it, others may not
     output = _text(row, "output", required=True)

@@ -7,8 +7,7 @@ Example (TRL's conversational prompt-completion shape; loss on the final reply o
 
 Pipeline, per source in config order: read rows (``limit``) -> convert (hh: the ``field`` transcript;
 instruction: instruction/input/output[/history]; pointwise: {messages, reply, label}, e.g. production feedback
-from `harmgate feedback export`, each row with its own label) -> drop eval leaks (a first user turn that is an
-eval prompt, or a user turn containing an eval suite's template) -> drop duplicates (global, first source
+from `harmgate feedback export`, each row with its own label) -> drop eval leaks -> drop duplicates (global, first source
 wins). Every dropped row is counted under a reason in the manifest; nothing is dropped silently.
 
 Sampling rule:
@@ -33,10 +32,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from align.instructions import instruction_to_messages
+from align.leakcheck import EvalIndex
 from align.sources import SourceRows, read_source
+from align.synthesis import PROMPT_COLUMNS, Outcome, Synthesizer, continuation_prompt
 from align.transcripts import (RowError, TranscriptError, parse_transcript, split_preference_pair,
                                split_prompt_completion)
-from harmgate.config import DataConfig, DataSource
+from harmgate.config import ColumnMap, DataConfig, DataSource
 from harmgate.rundir import RunDir, write_json, write_text_atomic
 
 MANIFEST_VERSION = 1
@@ -48,6 +49,13 @@ KNOWN_LICENCES: dict[str, str] = {
     "tatsu-lab/alpaca": "CC BY-NC 4.0",
     "vinid/safety-tuned-llamas": "CC BY-NC 4.0",
     "GAIR/lima": "CC BY-NC-SA",
+    "allenai/coconot": "MIT",
+    "bench-llm/or-bench": "CC BY 4.0",
+    "declare-lab/HarmfulQA": "Apache-2.0",
+    "declare-lab/CategoricalHarmfulQA": "Apache-2.0",
+    "walledai/StrongREJECT": "MIT",
+    "walledai/MaliciousInstruct": "Apache-2.0",
+    "ucberkeley-dlab/measuring-hate-speech": "CC BY 4.0",
 }
 
 
@@ -72,6 +80,8 @@ def row_to_example(row: dict[str, Any], source: DataSource) -> dict[str, Any]:
         return _pair_example(row, source)
     if source.format == "pointwise":
         return _pointwise_example(row, source)
+    if source.format == "qa":
+        return _qa_example(row, source)
     if source.format == "hh":
         if source.field not in row:
             raise TranscriptError("missing_field", f"row has no {source.field!r} transcript")
@@ -80,6 +90,66 @@ def row_to_example(row: dict[str, Any], source: DataSource) -> dict[str, Any]:
         messages = instruction_to_messages(row)
     prompt, completion = split_prompt_completion(messages)
     return {"prompt": prompt, "completion": completion, "label": source.label, "source": source.id}
+
+
+def check_where(row: dict[str, Any], source: DataSource) -> None:
+    for column, wanted in (source.where or {}).items():
+        if str(row.get(column, "")).strip() != wanted:
+            raise TranscriptError("filtered_out", f"{column} is not {wanted!r}")
+
+
+def row_prompt(row: dict[str, Any], source: DataSource) -> str:
+    """The prompt text of a qa/prompt row: ``columns.prompt``, else the first known prompt column present."""
+    names = [source.columns.prompt] if source.columns is not None else list(PROMPT_COLUMNS)
+    for name in names:
+        value = row.get(name)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    raise TranscriptError("missing_prompt", f"row has no prompt column ({', '.join(names)})")
+
+
+def _reply(row: dict[str, Any], column: str | None, what: str) -> dict[str, str]:
+    value = row.get(column) if column else None
+    if not isinstance(value, str) or not value.strip():
+        raise TranscriptError(f"missing_{what}", f"row has no {what} text in column {column!r}")
+    return {"role": "assistant", "content": value.strip()}
+
+
+def _qa_example(row: dict[str, Any], source: DataSource) -> dict[str, Any]:
+    """A prompt column + reply column(s) (PHTest answers, CoCoNot pairs)."""
+    check_where(row, source)
+    columns = source.columns or ColumnMap()
+    prompt = [{"role": "user", "content": row_prompt(row, source)}]
+    if source.field == "pair":
+        chosen, rejected = _reply(row, columns.reply, "reply"), _reply(row, columns.rejected, "rejected")
+        if normalise(chosen["content"]) == normalise(rejected["content"]):
+            raise TranscriptError("pair_identical", "chosen and rejected replies are the same")
+        return {"prompt": prompt, "chosen": [chosen], "rejected": [rejected], "source": source.id}
+    column = columns.rejected if source.field == "rejected" else columns.reply
+    return {"prompt": prompt, "completion": [_reply(row, column, "reply")], "label": source.label,
+            "source": source.id}
+
+
+def prompt_source_text(row: dict[str, Any], source: DataSource) -> str:
+    """The user turn of a ``format: prompt`` row (a continuation intent wraps a prefix of the text)."""
+    check_where(row, source)
+    text = row_prompt(row, source)
+    return continuation_prompt(text) if source.intent == "continuation" else text
+
+
+def synthesised_example(prompt: str, outcome: Outcome, source: DataSource) -> dict[str, Any]:
+    """An accepted on-policy sample -> an SFT/ULMA example or a DPO pair; raises when the sampling found none."""
+    turn = [{"role": "user", "content": prompt}]
+    if source.field == "pair":
+        if outcome.chosen is None or outcome.rejected is None:
+            raise TranscriptError(outcome.reason or "no_pair_sampled", "no accepted chosen + rejected sample")
+        return {"prompt": turn, "chosen": [{"role": "assistant", "content": outcome.chosen}],
+                "rejected": [{"role": "assistant", "content": outcome.rejected}], "source": source.id}
+    reply = outcome.rejected if source.field == "rejected" else outcome.chosen
+    if reply is None:
+        raise TranscriptError(outcome.reason or "no_sample_accepted", "no accepted sample")
+    return {"prompt": turn, "completion": [{"role": "assistant", "content": reply}], "label": source.label,
+            "source": source.id}
 
 
 def _pair_example(row: dict[str, Any], source: DataSource) -> dict[str, Any]:
@@ -121,39 +191,27 @@ def _dedup_key(example: dict[str, Any]) -> str:
     return f"{example.get('label', '')}\x1c" + "\x1c".join(parts)
 
 
-def _eval_set(eval_prompts: Iterable[str]) -> set[str]:
-    return {n for n in (normalise(p) for p in eval_prompts if isinstance(p, str)) if n}
+def user_turns(example: dict[str, Any]) -> list[str]:
+    return [m["content"] for m in example.get("prompt", []) if m.get("role") == "user"]
 
 
-def _templates(eval_templates: Iterable[str]) -> list[str]:
-    return sorted(_eval_set(eval_templates), key=len)
+def leak_of(example: dict[str, Any], index: EvalIndex) -> str | None:
+    """``exact``/``contained`` if any user turn of the example is or contains an eval prompt (align/leakcheck.py)."""
+    for turn in user_turns(example):
+        found = index.match(turn)
+        if found:
+            return found
+    return None
 
 
-def contains_template(example: dict[str, Any], templates: list[str]) -> bool:
-    """Whether any user turn of ``example`` contains (normalised) one of the eval suites' fixed texts: a
-    jailbreak template with another request in its slot is still the evaluation's template."""
-    if not templates:
-        return False
-    shortest = len(templates[0])
-    for m in example["prompt"]:
-        if m["role"] == "user" and len(m["content"]) >= shortest:
-            text = normalise(m["content"])
-            if any(t in text for t in templates):
-                return True
-    return False
-
-
-def check_no_leakage(examples: Iterable[dict[str, Any]], eval_prompts: Iterable[str],
-                     eval_templates: Iterable[str] = ()) -> None:
-    """Raise DataLeakError if any example's first user turn is (normalised) an eval prompt, or any of its user
-    turns contains an eval template."""
-    evals, templates = _eval_set(eval_prompts), _templates(eval_templates)
-    leaks = [first_user_turn(ex) for ex in examples
-             if normalise(first_user_turn(ex)) in evals or contains_template(ex, templates)]
+def check_no_leakage(examples: Iterable[dict[str, Any]], eval_prompts: Iterable[str] | EvalIndex) -> None:
+    """Raise DataLeakError if any example's user turn is, or contains, an evaluation prompt."""
+    index = eval_prompts if isinstance(eval_prompts, EvalIndex) else EvalIndex(eval_prompts)
+    leaks = [first_user_turn(ex) for ex in examples if leak_of(ex, index)]
     if leaks:
         shown = "; ".join(repr(t[:80]) for t in leaks[:3])
-        raise DataLeakError(f"{len(leaks)} training example(s) have an evaluation prompt as their first user "
-                            f"turn, e.g. {shown}")
+        raise DataLeakError(f"{len(leaks)} training example(s) have an evaluation prompt in a user turn, "
+                            f"e.g. {shown}")
 
 
 def _largest_remainder(total: int, weights: list[float]) -> list[int]:
@@ -194,9 +252,57 @@ def _licence(source: DataSource) -> tuple[str, str]:
     return "unknown", "unknown"
 
 
+def _convert_rows(raw: SourceRows, source: DataSource, index: EvalIndex, skipped: Counter[str],
+                  synthesizer: Synthesizer | None) -> list[dict[str, Any]]:
+    """Rows -> examples, leaks dropped (counted as eval_leak / eval_leak_contained). Prompt-only rows are leak-checked
+    *before* sampling, so no model time is spent on a prompt that could not be used."""
+    if source.format != "prompt":
+        out = []
+        for row in raw.rows:
+            try:
+                out.append(row_to_example(row, source))
+            except RowError as err:
+                skipped[err.reason] += 1
+        return _drop_leaks(out, index, skipped)
+    if synthesizer is None:
+        raise ValueError(f"source {source.id!r} (format: prompt) needs replies sampled from the base model; "
+                         "build it through the pipeline's data stage (harmgate data), which provides them")
+    prompts: list[str] = []
+    for row in raw.rows:
+        try:
+            prompts.append(prompt_source_text(row, source))
+        except RowError as err:
+            skipped[err.reason] += 1
+    probe = _drop_leaks([{"prompt": [{"role": "user", "content": p}]} for p in dict.fromkeys(prompts)], index,
+                        skipped)
+    if len(prompts) > len(dict.fromkeys(prompts)):
+        skipped["duplicate"] += len(prompts) - len(dict.fromkeys(prompts))
+    kept = [ex["prompt"][0]["content"] for ex in probe]
+    out = []
+    for prompt, outcome in zip(kept, synthesizer(source, kept)):
+        try:
+            out.append(synthesised_example(prompt, outcome, source))
+        except RowError as err:
+            skipped[err.reason] += 1
+    return out
+
+
+def _drop_leaks(examples: list[dict[str, Any]], index: EvalIndex, skipped: Counter[str]) -> list[dict[str, Any]]:
+    if not len(index):
+        return examples
+    kept = []
+    for ex in examples:
+        found = leak_of(ex, index)
+        if found:
+            skipped["eval_leak" if found == "exact" else "eval_leak_contained"] += 1
+        else:
+            kept.append(ex)
+    return kept
+
+
 def build_mixture(data: DataConfig, *, eval_prompts: Iterable[str] = (),
-                  eval_templates: Iterable[str] = ()) -> Mixture:
-    evals, templates = _eval_set(eval_prompts), _templates(eval_templates)
+                  synthesizer: Synthesizer | None = None) -> Mixture:
+    index = EvalIndex(eval_prompts)
     seen: set[str] = set()
     pools: list[list[dict[str, Any]]] = []
     entries: list[dict[str, Any]] = []
@@ -206,18 +312,7 @@ def build_mixture(data: DataConfig, *, eval_prompts: Iterable[str] = (),
         raw_paths.append(raw.origin.get("path"))
         skipped: Counter[str] = Counter(raw.skipped)
         pool: list[dict[str, Any]] = []
-        for row in raw.rows:
-            try:
-                ex = row_to_example(row, source)
-            except RowError as err:
-                skipped[err.reason] += 1
-                continue
-            if evals and normalise(first_user_turn(ex)) in evals:
-                skipped["eval_leak"] += 1
-                continue
-            if contains_template(ex, templates):
-                skipped["eval_template_leak"] += 1
-                continue
+        for ex in _convert_rows(raw, source, index, skipped, synthesizer):
             if data.dedup:
                 key = _dedup_key(ex)
                 if key in seen:
@@ -228,8 +323,9 @@ def build_mixture(data: DataConfig, *, eval_prompts: Iterable[str] = (),
         licence, licence_origin = _licence(source)
         pools.append(pool)
         entries.append({
-            "id": source.id, "format": source.format, "field": source.field if source.format == "hh" else None,
+            "id": source.id, "format": source.format, "field": source.field if source.format in ("hh", "qa", "prompt") else None,
             "label": source.label if source.field != "pair" and source.format != "pointwise" else None,
+            "intent": source.intent, "where": source.where,
             "data_dir": source.data_dir, "split": source.split, "resolved": raw.origin,
             "licence": licence, "licence_origin": licence_origin, "weight": source.weight, "limit": source.limit,
             "rows_read": raw.rows_read, "usable": len(pool), "target": None, "used": 0, "short_by": 0,
@@ -272,8 +368,9 @@ def build_mixture(data: DataConfig, *, eval_prompts: Iterable[str] = (),
         "version": MANIFEST_VERSION,
         "sampling": "all_usable" if data.max_examples is None else "weighted_shares",
         "seed": data.seed, "dedup": data.dedup, "max_examples": data.max_examples,
-        "eval_prompts_checked": len(evals),
-        "eval_templates_checked": len(templates),
+        "eval_prompts_checked": len(index),
+        "leak_check": {"exact": "casefolded, punctuation dropped, whitespace collapsed (align/leakcheck.py)",
+                       "contained_min_words": index.n},
         "sources": entries,
         "totals": {
             "rows_read": sum(e["rows_read"] for e in entries), "usable": sum(sizes), "examples": len(examples),
@@ -330,5 +427,5 @@ def read_mixture(run: RunDir) -> list[dict[str, Any]]:
     return examples
 
 
-__all__ = ["Mixture", "DataLeakError", "KNOWN_LICENCES", "allocate", "build_mixture", "check_no_leakage",
+__all__ = ["Mixture", "DataLeakError", "leak_of", "user_turns", "KNOWN_LICENCES", "allocate", "build_mixture", "check_no_leakage",
            "first_user_turn", "normalise", "read_mixture", "row_to_example", "write_mixture"]

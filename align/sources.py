@@ -1,7 +1,8 @@
 """Raw rows of one training source: a local/mirrored file or, for connected users, the hub.
 
-Files: ``.jsonl``, ``.json`` (a list, or an object holding exactly one list) and ``.csv``, each optionally
-``.gz``. A bad record (invalid UTF-8, invalid JSON, not an object) is counted under its reason and skipped,
+Files: ``.jsonl``, ``.json`` (a list, an object holding exactly one list, or a taxonomy of nested objects whose
+leaves are lists of strings, as HarmfulQA and CatQA ship: each string becomes ``{"prompt", "category"}``), ``.csv``
+and ``.txt`` (one ``{"text": line}`` row per non-empty line), each optionally ``.gz``. A bad record (invalid UTF-8, invalid JSON, not an object) is counted under its reason and skipped,
 so one corrupt line does not sink a 100k-row load; a missing or unreadable *file* is a :class:`DataSourceError`.
 """
 
@@ -19,9 +20,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from harmgate.config import DataSource
-from harmgate.mirror import DATA_MIRROR_ENV, DataNotFound, ResolvedData, data_mirror_root, resolve_data
+from harmgate.mirror import (DATA_MIRROR_ENV, DataNotFound, ResolvedData, data_mirror_root, hub_access_hint,
+                             resolve_data)
 
-FILE_SUFFIXES = (".jsonl", ".json", ".csv")
+FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".txt")
 _SURROGATE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8 (decoded with surrogateescape)
 
 
@@ -73,7 +75,8 @@ def read_file(path: str | Path, *, limit: int | None = None) -> SourceRows:
     except (OSError, EOFError) as err:
         raise DataSourceError(f"data file {path} cannot be read: {err}") from None
     out = SourceRows(rows=[], rows_read=0, origin={"path": str(path), "sha256": hashlib.sha256(raw).hexdigest()})
-    records = {".jsonl": _jsonl_records, ".json": _json_records, ".csv": _csv_records}[kind](data, path)
+    records = {".jsonl": _jsonl_records, ".json": _json_records, ".csv": _csv_records,
+               ".txt": _txt_records}[kind](data, path)
     for record in records:
         if limit is not None and out.rows_read >= limit:
             break
@@ -114,6 +117,9 @@ def _json_records(data: bytes, path: Path) -> Iterator[Any]:
         doc = json.loads(data.decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DataSourceError(f"data file {path} is not valid UTF-8 JSON: {err}") from None
+    if _is_taxonomy(doc):
+        yield from _taxonomy_rows(doc, ())
+        return
     if isinstance(doc, dict):
         lists = [k for k, v in doc.items() if isinstance(v, list)]
         if len(lists) != 1:
@@ -123,6 +129,32 @@ def _json_records(data: bytes, path: Path) -> Iterator[Any]:
     if not isinstance(doc, list):
         raise DataSourceError(f"data file {path}: expected a list of rows, got {type(doc).__name__}")
     yield from doc
+
+
+def _is_taxonomy(doc: Any) -> bool:
+    """{category: {subcategory: [str, ...]}} (any depth): every leaf a non-empty list of strings."""
+    if isinstance(doc, list):
+        return bool(doc) and all(isinstance(x, str) for x in doc)
+    return isinstance(doc, dict) and bool(doc) and all(_is_taxonomy(v) for v in doc.values())
+
+
+def _taxonomy_rows(doc: Any, path: tuple[str, ...]) -> Iterator[Any]:
+    if isinstance(doc, list):
+        for text in doc:
+            yield {"prompt": text, "category": "/".join(p.rstrip(":").strip() for p in path)}
+        return
+    for key, value in doc.items():
+        yield from _taxonomy_rows(value, (*path, str(key)))
+
+
+def _txt_records(data: bytes, path: Path) -> Iterator[Any]:
+    for line in data.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            yield {"text": line.decode("utf-8").lstrip("\ufeff").strip()}
+        except UnicodeDecodeError:
+            yield _Skip("invalid_utf8")
 
 
 def _csv_records(data: bytes, path: Path) -> Iterator[Any]:
@@ -155,7 +187,8 @@ def _read_hub(resolved: ResolvedData, *, limit: int | None, mirror: str | None) 
         mirror_note = f"the data mirror {root} has no entry for it" if root else "no data mirror is set"
         raise DataSourceError(
             f"data source {where} is not a local file, {mirror_note}, and the hub did not provide it "
-            f"({type(err).__name__}: {str(err)[:300]}). Offline, set {DATA_MIRROR_ENV} (or data.mirror in the "
+            f"({type(err).__name__}: {str(err)[:300]}). {hub_access_hint(resolved.hub_id or '', 'dataset')} "
+            f"Offline, set {DATA_MIRROR_ENV} (or data.mirror in the "
             f"config) to a folder laid out like shared/data, or add the id to its mirror.yaml.") from None
     return SourceRows(rows=rows, rows_read=len(rows),
                       origin={"hub": resolved.hub_id, "data_dir": resolved.data_dir, "split": resolved.split})

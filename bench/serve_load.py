@@ -295,7 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="harmgate-bench-") as tmp_name:
         tmp = Path(tmp_name)
         info = store_up(tmp / "store", s3_port=0, bucket=f"bench-{secrets.token_hex(4)}")
-        os.environ.setdefault("HARMGATE_SIGNING_KEY", secrets.token_hex(32))
+        from gates.keys import local_key_env
+
+        for var, value in local_key_env(tmp / "keys").items():  # a throwaway key pair for this run
+            os.environ.setdefault(var, value)
         services: list[tuple[str, LiveService]] = []
         try:
             store = info.store_config()

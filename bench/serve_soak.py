@@ -170,7 +170,10 @@ def main(argv: list[str] | None = None) -> int:
             model = save_tiny_model(tmp / "tiny-random-llama")
         name = "soak-" + model.name.lower().replace("_", "-")[:40]
         info = store_up(tmp / "store", s3_port=0, bucket=f"soak-{secrets.token_hex(4)}")
-        os.environ.setdefault("HARMGATE_SIGNING_KEY", secrets.token_hex(32))
+        from gates.keys import local_key_env
+
+        for var, value in local_key_env(tmp / "keys").items():  # a throwaway key pair for this run
+            os.environ.setdefault(var, value)
         server = None
         try:
             publish_model(info.store_config(), model, name)

@@ -303,12 +303,15 @@ def eval_gen_worker(spec: dict[str, Any]) -> None:
     shape = SHAPES[spec["shape"]]
     prompts = word_prompts(spec["prompts"], shape.vocab_size, seed=spec["seed"])
     # max_new_tokens is a fixed workload: a random model almost never emits the end-of-turn token.
-    gen = GenerationConfig(max_new_tokens=spec["max_new_tokens"], batch_size=spec["gen_batch"])
-    generate(model, tokenizer, prompts[:2], GenerationConfig(max_new_tokens=4, batch_size=2), desc="warm-up")
+    # backend hf: this mode measures model.generate batched vs one at a time (issue 8); the static engine that
+    # evals now use on a GPU is measured by bench/eval_throughput.py
+    gen = GenerationConfig(max_new_tokens=spec["max_new_tokens"], batch_size=spec["gen_batch"], backend="hf")
+    generate(model, tokenizer, prompts[:2], GenerationConfig(max_new_tokens=4, batch_size=2, backend="hf"),
+             desc="warm-up")
     out: dict[str, Any] = {"load_seconds": round(load_seconds, 2), "max_new_tokens": spec["max_new_tokens"],
                            "dtype": "bfloat16" if on_gpu else "float32", "runs": []}
     for label, batch, n in (("batched", spec["gen_batch"], spec["prompts"]), ("one at a time", 1, spec["single_prompts"])):
-        gen = GenerationConfig(max_new_tokens=spec["max_new_tokens"], batch_size=batch)
+        gen = GenerationConfig(max_new_tokens=spec["max_new_tokens"], batch_size=batch, backend="hf")
         t0 = time.perf_counter()
         replies = generate(model, tokenizer, prompts[:n], gen, desc=label)
         if on_gpu:

@@ -8,8 +8,10 @@
 #   init-bucket            create the registry bucket named in the config if missing (compose runs it once)
 #   anything else          exec'd as is, e.g. `harmgate registry list NAME -c "$HARMGATE_CONFIG"`
 #
-# Secrets may be files (Docker/Kubernetes secrets): for HARMGATE_SIGNING_KEY, HARMGATE_API_KEYS,
-# HARMGATE_S3_ACCESS_KEY and HARMGATE_S3_SECRET_KEY, VAR_FILE=/run/secrets/x sets VAR from that file.
+# Secrets may be files (Docker/Kubernetes secrets): for HARMGATE_API_KEYS, HARMGATE_S3_ACCESS_KEY and
+# HARMGATE_S3_SECRET_KEY, VAR_FILE=/run/secrets/x sets VAR from that file. Approvals are verified with the trust
+# file of public keys (HARMGATE_TRUST_FILE=/run/secrets/trust.json); `serve` and `check` refuse to run with a
+# private signing key in the environment: a serving node never holds one (docs/SERVICE.md, threat model).
 set -euo pipefail
 
 refuse() {
@@ -19,7 +21,7 @@ refuse() {
 
 load_secret_files() {
   local var file_var file
-  for var in HARMGATE_SIGNING_KEY HARMGATE_API_KEYS HARMGATE_S3_ACCESS_KEY HARMGATE_S3_SECRET_KEY; do
+  for var in HARMGATE_API_KEYS HARMGATE_S3_ACCESS_KEY HARMGATE_S3_SECRET_KEY; do
     file_var="${var}_FILE"
     file="${!file_var:-}"
     [ -n "$file" ] || continue
@@ -28,6 +30,13 @@ load_secret_files() {
     # $(...) drops the trailing newline that editors and `echo` leave in secret files.
     export "$var=$(cat -- "$file")"
     unset "$file_var"
+  done
+}
+
+no_signing_key() {
+  local var
+  for var in HARMGATE_SIGNING_KEY HARMGATE_SIGNING_KEY_FILE HARMGATE_SIGNING_KEY_COMMAND; do
+    [ -z "${!var:-}" ] || refuse "$var is set: a serving node holds only the trust file (public keys, HARMGATE_TRUST_FILE); keep the private key with the publisher"
   done
 }
 
@@ -54,6 +63,7 @@ command="${1:-serve}"
 load_secret_files
 case "$command" in
   serve)
+    no_signing_key
     require_config
     conf="$(gunicorn_conf)"
     [ -f "$conf" ] || refuse "gunicorn config $conf not found (set HARMGATE_GUNICORN_CONF)"
@@ -63,6 +73,7 @@ case "$command" in
     exec gunicorn --config "$conf" "$@"
     ;;
   check)
+    no_signing_key
     require_config
     exec python -m serve.runner --config "$HARMGATE_CONFIG" --host "${HARMGATE_BIND_HOST:-127.0.0.1}" --check
     ;;

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+from evals import parallel
 from evals.arms import ARMS, PROMPTED, not_applicable, resolve_arm
 from evals.stats import Bootstrap
 from evals.suites import SuiteContext, SuiteResult, get_suite, registered_suites
@@ -32,6 +33,10 @@ def check_suites(config: RunConfig) -> None:
         suite = get_suite(s.name)
         suite.check(s)
         suite.generation_config(config.evals.generation, s)
+    if config.evals.generation.backend == "vllm":
+        from evals.vllm_backend import check_available
+
+        check_available()  # before hours of training, not at the first generating suite
 
 
 def held_out_suites(config: RunConfig) -> list[tuple[SuiteConfig, bool]]:
@@ -43,29 +48,21 @@ def held_out_suites(config: RunConfig) -> list[tuple[SuiteConfig, bool]]:
         (SuiteConfig(name=n), False) for n in registered_suites() if n not in names and get_suite(n).always_held_out]
 
 
-def _collect(config: RunConfig, what: str) -> list[str]:
+def eval_prompts(config: RunConfig) -> list[str]:
+    """Every user prompt any held-out suite asks or scores, and every fixed text a suite wraps its prompts in
+    (attack_robustness's templates): the training mixture must not contain them (align/leakcheck.py: a user turn
+    that is one, or contains one). This also holds hh_preference's and helpfulness's items, and
+    attack_robustness's whole pool, out of training."""
     texts: list[str] = []
     for s, configured in held_out_suites(config):
         try:
-            texts.extend(getattr(get_suite(s.name), what)(s, config.data.mirror))
+            texts.extend(get_suite(s.name).eval_prompts(s, config.data.mirror))
         except SourceError as err:
             if configured:
                 raise
             # A standing hold-out whose data this mirror lacks: nothing of it can be read from here either.
             warnings.warn(f"held-out suite {s.name} not checked for leaks: {err}", stacklevel=2)
     return texts
-
-
-def eval_prompts(config: RunConfig) -> list[str]:
-    """Every user prompt any held-out suite asks or scores: the training mixture must not contain them. This
-    also holds hh_preference's and helpfulness's items, and attack_robustness's whole pool, out of training."""
-    return _collect(config, "eval_prompts")
-
-
-def eval_templates(config: RunConfig) -> list[str]:
-    """Fixed texts (jailbreak templates, attack wordings) the held-out suites wrap prompts in: no training
-    example may contain one (align.mixture's template leak check)."""
-    return _collect(config, "eval_templates")
 
 
 def default_toxicity_factory(config: RunConfig) -> Callable[[], Any]:
@@ -124,20 +121,46 @@ def run_suite(model, tokenizer, suite_cfg: SuiteConfig, config: RunConfig, *, de
     return result, settings
 
 
-def evaluate_arm(run: RunDir, config: RunConfig, arm: str, *, toxicity_factory: Callable[[], Any] | None = None,
-                 judge_factory: Callable[[], Any] | None = None) -> dict[str, Any]:
+def load_arm_model(ref: str, loaded: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) for ``ref``. With ``loaded`` (one dict over a stage's arms), an arm on the model the
+    previous arm used (base, then prompted) reuses it, compiled decode graphs included; another model replaces it."""
     import torch
 
     from align.models import load_causal_lm, load_tokenizer
 
+    if loaded is not None and loaded.get("ref") == ref:
+        return loaded["model"], loaded["tokenizer"]
+    if loaded:
+        loaded.clear()  # one model at a time: release the previous arm's before loading the next
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    on_gpu = torch.cuda.is_available()
+    # one process: GPU 0; under accelerate launch / torchrun (evals/parallel.py): each process its own GPU
+    model = load_causal_lm(ref, dtype="bfloat16" if on_gpu else "float32", device_map=parallel.device_map())
+    model.eval()
+    tokenizer = load_tokenizer(ref)
+    if loaded is not None:
+        loaded.update(ref=ref, model=model, tokenizer=tokenizer)
+    return model, tokenizer
+
+
+def arm_order(run: RunDir, config: RunConfig, arms: tuple[str, ...]) -> tuple[str, ...]:
+    """``arms`` with those on one model next to each other (base, prompted, tuned), so each model loads once."""
+    refs = {a: resolve_arm(run, config, a).model_ref if a != "tuned" else str(run.merged_model_dir) for a in arms}
+    first = {}
+    for a in arms:
+        first.setdefault(refs[a], len(first))
+    return tuple(sorted(arms, key=lambda a: (first[refs[a]], arms.index(a))))
+
+
+def evaluate_arm(run: RunDir, config: RunConfig, arm: str, *, toxicity_factory: Callable[[], Any] | None = None,
+                 judge_factory: Callable[[], Any] | None = None, loaded: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every configured suite on one arm. ``loaded``: see :func:`load_arm_model`."""
     check_suites(config)
     spec = resolve_arm(run, config, arm)
     ref = spec.model_ref
     skip = not_applicable(config) if arm == PROMPTED else {}
-    on_gpu = torch.cuda.is_available()
-    model = load_causal_lm(ref, dtype="bfloat16" if on_gpu else "float32", device_map={"": 0} if on_gpu else None)
-    model.eval()
-    tokenizer = load_tokenizer(ref)
+    model, tokenizer = load_arm_model(ref, loaded)
     # One factory call per arm: the scorer/judge are built once and shared by the suites that need them.
     shared: dict[str, Any] = {}
     tox = toxicity_factory or default_toxicity_factory(config)
@@ -151,7 +174,8 @@ def evaluate_arm(run: RunDir, config: RunConfig, arm: str, *, toxicity_factory: 
     for suite_cfg in config.evals.suites:
         name = suite_cfg.name
         if name in skip:
-            run.eval_result(arm, name).unlink(missing_ok=True)  # a stale file from an older config must not count
+            if parallel.is_main():  # a stale file from an older config must not count
+                run.eval_result(arm, name).unlink(missing_ok=True)
             continue
         started = time.time()
         result, settings = run_suite(model, tokenizer, suite_cfg, config, desc=f"{arm}/{name}",
@@ -171,9 +195,11 @@ def evaluate_arm(run: RunDir, config: RunConfig, arm: str, *, toxicity_factory: 
             "samples_file": jsonl.name, "samples": result.samples,
         }
         payload = strict_json(payload)
-        write_samples(jsonl, payload["samples"])
-        write_json(run.eval_result(arm, name), payload)
+        if parallel.is_main():  # every process holds the same results; one writes them
+            write_samples(jsonl, payload["samples"])
+            write_json(run.eval_result(arm, name), payload)
         results[name] = payload["metrics"]
+    parallel.barrier()  # the files exist for every process before anyone reads them (write_summary)
     return results
 
 
@@ -193,5 +219,6 @@ def write_summary(run: RunDir, config: RunConfig) -> dict[str, Any]:
     if PROMPTED in summary["arms"]:
         summary["arm_settings"] = {PROMPTED: {**resolve_arm(run, config, PROMPTED).describe(),
                                               "not_applicable": not_applicable(config)}}
-    write_json(run.eval_summary, summary)
+    if parallel.is_main():
+        write_json(run.eval_summary, summary)
     return summary

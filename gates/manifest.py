@@ -1,39 +1,20 @@
-"""Model manifests (every file's sha256 and size) and HMAC-signed approval records.
+"""Model manifests: every file's sha256 and size, with the verdict, metrics, config and provenance.
 
-The approval signs the manifest's *canonical* JSON digest (sorted keys, no whitespace), so pretty-printing
-or re-serialising manifest.json does not break it, while any change to a file hash, the verdict or the
-provenance does. The signature also covers name and version, so an approval cannot be copied onto
-another model or version.
+The manifest is one file of the signed folder (``harmgate/manifest.json``); the signature (gates.trust,
+gates.signer) covers its bytes along with every other file.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from gates.s3 import RegistryError, sha256_file
 
-MANIFEST_SCHEMA = "harmgate.manifest/1"
-APPROVAL_SCHEMA = "harmgate.approval/1"
-SIGNATURE_ALG = "HMAC-SHA256"
-MIN_KEY_BYTES = 16
-
-
-class SigningKeyMissing(RegistryError):
-    """No (or too short a) signing key in the environment: nothing can be approved or verified."""
-
-
-class BadSignature(RegistryError):
-    pass
-
-
-class ManifestMismatch(BadSignature):
-    """A valid approval, but of a different manifest: manifest.json changed after approval."""
+MANIFEST_SCHEMA = "harmgate.manifest/2"
 
 
 def utc_now() -> str:
@@ -78,40 +59,3 @@ def build_manifest(model_dir: Path, *, name: str, version: str, base_model: str,
         "base_model": base_model, "git_commit": git_commit, "files": file_entries(model_dir),
         "verdict": verdict, "metrics": metrics, "config": config, "provenance": provenance,
     }
-
-
-def signing_key(env_var: str) -> bytes:
-    key = os.environ.get(env_var, "")
-    if len(key.encode()) < MIN_KEY_BYTES:
-        state = "is not set" if not key else f"is shorter than {MIN_KEY_BYTES} bytes"
-        raise SigningKeyMissing(f"the approval signing key {env_var} {state}; set it to a secret shared by the "
-                                f"publisher and the service (e.g. `export {env_var}=$(openssl rand -hex 32)`)")
-    return key.encode()
-
-
-def _signature(key: bytes, record: dict[str, Any]) -> str:
-    unsigned = {k: v for k, v in record.items() if k != "signature"}
-    return hmac.new(key, canonical_json(unsigned), hashlib.sha256).hexdigest()
-
-
-def sign_approval(key: bytes, *, name: str, version: str, manifest_sha256: str) -> dict[str, Any]:
-    record = {"schema": APPROVAL_SCHEMA, "name": name, "version": version, "manifest_sha256": manifest_sha256,
-              "approved_at": utc_now(), "signature_alg": SIGNATURE_ALG}
-    record["signature"] = _signature(key, record)
-    return record
-
-
-def verify_approval(key: bytes, record: Any, *, name: str, version: str, manifest_sha256: str) -> None:
-    """Raise BadSignature unless ``record`` is a valid approval of exactly this manifest."""
-    if not isinstance(record, dict) or not isinstance(record.get("signature"), str):
-        raise BadSignature(f"{name}:{version}: approval record is malformed")
-    if record.get("signature_alg") != SIGNATURE_ALG:
-        raise BadSignature(f"{name}:{version}: unsupported approval signature {record.get('signature_alg')!r}")
-    if not hmac.compare_digest(_signature(key, record), record["signature"]):
-        raise BadSignature(f"{name}:{version}: approval signature is invalid (forged, altered, or signed "
-                           f"with another key)")
-    if record.get("name") != name or record.get("version") != version:
-        raise BadSignature(f"{name}:{version}: approval is for {record.get('name')}:{record.get('version')}")
-    if not hmac.compare_digest(str(record.get("manifest_sha256")), manifest_sha256):
-        raise ManifestMismatch(f"{name}:{version}: manifest.json does not match the approved digest "
-                           f"(approved {record.get('manifest_sha256')}, found {manifest_sha256})")

@@ -170,7 +170,7 @@ def sha256_and_etag(path: Path, *, multipart_threshold: int, chunksize: int) -> 
     return sha.hexdigest(), f"{hashlib.md5(b''.join(parts), usedforsecurity=False).hexdigest()}-{len(parts)}"
 
 
-def _stored_problems(head: dict[str, Any], *, size: int, sha256: str, etag: str) -> list[str]:
+def stored_problems(head: dict[str, Any], *, size: int, sha256: str, etag: str) -> list[str]:
     """Why a HEAD of an uploaded object does not match the local file (empty: it matches)."""
     stored_etag = str(head.get("ETag", "")).strip('"')
     encrypted = str(head.get("ServerSideEncryption", "")).startswith("aws:kms") or head.get("SSECustomerAlgorithm")
@@ -229,6 +229,14 @@ class ObjectStore:
         except ObjectNotFound:
             return False
 
+    def head(self, key: str) -> dict[str, Any] | None:
+        """The object's HEAD (size, ETag, metadata), or None when it does not exist."""
+        try:
+            with self._errors(f"head s3://{self.bucket}/{key}"):
+                return self.client.head_object(Bucket=self.bucket, Key=key)
+        except ObjectNotFound:
+            return None
+
     def put_bytes(self, key: str, data: bytes, *, create_only: bool = False,
                   content_type: str = "application/json") -> None:
         """``create_only`` uses If-None-Match so two publishers can never overwrite each other's record."""
@@ -255,7 +263,7 @@ class ObjectStore:
             try:
                 with self._errors(f"head s3://{self.bucket}/{key}"):
                     head = self.client.head_object(Bucket=self.bucket, Key=key)
-                if not _stored_problems(head, size=size, sha256=sha256, etag=etag):
+                if not stored_problems(head, size=size, sha256=sha256, etag=etag):
                     return
             except ObjectNotFound:
                 pass
@@ -263,7 +271,7 @@ class ObjectStore:
             self.client.upload_file(str(path), self.bucket, key, Config=self._transfer(),
                                     ExtraArgs={"Metadata": {"sha256": sha256}})
             head = self.client.head_object(Bucket=self.bucket, Key=key)
-        if problems := _stored_problems(head, size=size, sha256=sha256, etag=etag):
+        if problems := stored_problems(head, size=size, sha256=sha256, etag=etag):
             raise RegistryError(f"upload of {path} to s3://{self.bucket}/{key} did not verify: {'; '.join(problems)}")
 
     def delete(self, key: str) -> None:

@@ -30,6 +30,8 @@ from evals.scorer_cli import scorer_app  # noqa: E402  (typer + rich only; torch
 app.add_typer(scorer_app, name="scorer")
 from harmgate.feedback_cli import feedback_app  # noqa: E402  (typer only; boto3 loads on use)
 app.add_typer(feedback_app, name="feedback")
+from gates.keys_cli import keys_app  # noqa: E402  (typer only; cryptography loads on use)
+app.add_typer(keys_app, name="keys")
 
 console = Console(stderr=False)
 
@@ -133,7 +135,8 @@ def publish(run_dir: Path = typer.Argument(..., help="Run directory"),
             version: Optional[str] = typer.Option(None, help="Version to publish as (default: the version an "
                                                             "earlier attempt of this run chose, else a UTC timestamp)")
             ) -> None:
-    """Upload the merged model, manifest and signed approval to S3 (only if the gate passed); rerun to resume."""
+    """Upload the merged model and its records, signed with model-signing, to S3 (only if the gate passed); rerun to
+    resume. Needs the private key ($HARMGATE_SIGNING_KEY_FILE) and the trust file ($HARMGATE_TRUST_FILE)."""
     from gates.publish import publish_run
     from gates.registry import NotApproved, RegistryError
 
@@ -244,7 +247,7 @@ def registry_list(name: str = typer.Argument(...), config: Optional[Path] = type
 
 @registry_app.command("show")
 def registry_show(name: str, version: str, config: Optional[Path] = typer.Option(None, "--config", "-c")) -> None:
-    """A version's manifest and approval state."""
+    """A version's manifest, signature state (which check failed, if any), statement and revocation."""
     import json
 
     from gates.registry import Registry, RegistryError
@@ -257,15 +260,52 @@ def registry_show(name: str, version: str, config: Optional[Path] = typer.Option
 
 @registry_app.command("revoke")
 def registry_revoke(name: str, version: str, reason: str = typer.Option(..., help="Why (recorded)"),
+                    sequence: Optional[int] = typer.Option(None, help="Re-issue the list from this sequence number "
+                                                           "(when the stored list was deleted or does not verify; it "
+                                                           "must exceed every number issued before)"),
                     config: Optional[Path] = typer.Option(None, "--config", "-c")) -> None:
-    """Revoke a version: the service refuses it at its next check."""
+    """Revoke a version (signed revocation list, next sequence number): services refuse it at their next check."""
     from gates.registry import Registry, RegistryError
 
     try:
-        Registry(_store_config(config)).revoke(name, version, reason)
+        record = Registry(_store_config(config)).revoke(name, version, reason, sequence=sequence)
     except RegistryError as err:
         _fail(str(err))
-    console.print(f"revoked {name} {version}")
+    console.print(f"revoked {name} {version} (revocation list sequence {record['sequence']})")
+
+
+@registry_app.command("download")
+def registry_download(name: str, version: str, out: Path = typer.Option(..., help="Folder to write files/ and "
+                                                                                  "model.sig into"),
+                      config: Optional[Path] = typer.Option(None, "--config", "-c")) -> None:
+    """A version as stored (not verified): verify it with `model_signing verify key OUT/files --signature
+    OUT/model.sig --public_key KEY.pub`, no harmgate needed."""
+    from gates.registry import Registry, RegistryError
+
+    try:
+        files, signature = Registry(_store_config(config)).download(name, version, out)
+    except RegistryError as err:
+        _fail(str(err))
+    console.print(f"downloaded {name} {version}: {files} and {signature} (not verified; verify with "
+                  f"model_signing verify key {files} --signature {signature} --public_key KEY.pub)",
+                  soft_wrap=True, highlight=False)
+
+
+@registry_app.command("resign")
+def registry_resign(name: str, version: str, config: Optional[Path] = typer.Option(None, "--config", "-c")) -> None:
+    """Sign a version again with the current key: after `harmgate keys rotate` (within the old key's grace
+    period), or to move a version approved under the retired HMAC scheme (old key in $HARMGATE_HMAC_KEY).
+
+    The old approval must verify and every file is downloaded and checked against it before anything is
+    signed; the revocation list is re-signed with the current key as well."""
+    from gates.registry import Registry, RegistryError
+
+    try:
+        record = Registry(_store_config(config)).resign(name, version,
+                                                        progress=lambda m: console.print(m, highlight=False))
+    except RegistryError as err:
+        _fail(str(err))
+    console.print(f"re-signed {name} {version} with key {record['key_id'][:16]} ({record['signature_key']})")
 
 
 from gates.report import report_command  # noqa: E402  (the dashboard command lives with the report)

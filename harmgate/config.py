@@ -94,34 +94,94 @@ class TrainingConfig(_Section):
         return self
 
 
+class ColumnMap(_Section):
+    """Which columns of a ``format: qa`` row hold the prompt and the replies (names as in the file)."""
+
+    prompt: str = "prompt"
+    reply: str | None = Field("reply", description="The reply to train on (chosen); None for prompt-only rows")
+    rejected: str | None = Field(None, description="A dispreferred reply (field: pair), e.g. CoCoNot's over-refusal")
+
+
 class DataSource(_Section):
     """One training source. ``id`` is a hub id; the data mirror maps it to a local file offline."""
 
     id: str
-    format: Literal["hh", "instruction", "pointwise"] = Field(
+    format: Literal["hh", "instruction", "pointwise", "qa", "prompt"] = Field(
         description="hh: HH-RLHF transcripts; instruction: instruction/input/output rows; pointwise: "
-                    "{messages, reply, label} rows, each with its own label (`harmgate feedback export`)")
+                    "{messages, reply, label} rows, each with its own label (`harmgate feedback export`); qa: a "
+                    "prompt column and reply column(s) (`columns`); prompt: prompt-only rows whose replies are "
+                    "sampled from the base model and judged (`intent`, data.synthesis; align/synthesis.py)")
     split: str = "train"
     data_dir: str | None = Field(None, description="Hub sub-folder, e.g. harmless-base for Anthropic/hh-rlhf")
     field: Literal["chosen", "rejected", "pair"] = Field(
-        "chosen", description="hh format: which transcript to train on; pair: chosen + rejected (dpo)")
+        "chosen", description="hh format: which transcript to train on; pair: chosen + rejected (dpo); qa/prompt: "
+                              "chosen = the accepted reply (sft/ulma), pair = accepted + rejected (dpo)")
     label: Literal["positive", "negative"] = Field(
         "positive", description="ulma: positives get the SFT loss, negatives the KL-regularised term")
     weight: float = Field(1.0, gt=0)
     limit: int | None = Field(None, ge=1, description="Rows read from this source before mixing")
     licence: str | None = None
+    columns: ColumnMap | None = Field(None, description="qa/prompt: column names (default prompt/reply; for a "
+                                                        "prompt source the first of prompt, Request, instruction, "
+                                                        "question, goal, text that exists)")
+    where: dict[str, str] | None = Field(None, description="Keep only rows whose columns equal these values, e.g. "
+                                                           "{Response_cls: 1_full_compliance}")
+    intent: Literal["harmful", "benign", "continuation"] | None = Field(
+        None, description="prompt format: harmful = should be refused (chosen: a sampled refusal, rejected: the "
+                          "base's own compliance); benign = should be answered (chosen: a sampled answer, rejected: "
+                          "an over-refusal); continuation = a toxic text to continue in chat form without toxicity")
 
     @model_validator(mode="after")
     def _rejected_is_negative(self) -> "DataSource":
         if self.field == "rejected" and self.label == "positive":
             raise ValueError(f"source {self.id!r} trains on HH *rejected* replies as positives; "
                              "set label: negative (ulma) or field: chosen")
-        if self.field == "pair" and self.format != "hh":
-            raise ValueError(f"source {self.id!r}: field: pair needs format: hh (chosen + rejected transcripts)")
+        if self.field == "pair" and self.format not in ("hh", "qa", "prompt"):
+            raise ValueError(f"source {self.id!r}: field: pair needs format: hh, qa or prompt")
         # Defaults pass: a frozen config (every field dumped) must load again.
         if self.format == "pointwise" and (self.field != "chosen" or self.label != "positive"):
             raise ValueError(f"source {self.id!r}: pointwise rows carry their own label; remove field/label")
+        if (self.format == "prompt") != (self.intent is not None):
+            raise ValueError(f"source {self.id!r}: intent is required for format: prompt and only valid there")
+        if self.format == "qa" and self.field == "pair" and (self.columns is None or not self.columns.rejected):
+            raise ValueError(f"source {self.id!r}: field: pair with format: qa needs columns.rejected")
+        if self.columns is not None and self.format not in ("qa", "prompt"):
+            raise ValueError(f"source {self.id!r}: columns apply to format qa or prompt only")
         return self
+
+
+class SynthesisConfig(_Section):
+    """On-policy replies for ``format: prompt`` sources: sample the base model, judge each sample, keep what the
+    intent asks for (rejection sampling). Cached in the run dir (data/synthesis.jsonl) so a rerun reuses it."""
+
+    samples: int = Field(2, ge=1, le=16, description="Samples per prompt and condition (plain, steered)")
+    max_new_tokens: int = Field(128, ge=8)
+    temperature: float = Field(0.7, gt=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    batch_size: int = Field(64, ge=1)
+    cache: str | None = Field(None, description="A JSONL cache shared between runs (keys hold the model id, these "
+                                                "settings, the seed and the prompt); default: the run's "
+                                                "data/synthesis.jsonl")
+    max_toxicity: float = Field(0.2, gt=0, lt=1, description="A chosen reply must score below this toxicity")
+    min_toxicity_rejected: float = Field(0.5, gt=0, lt=1,
+                                         description="continuation intent: a rejected reply must score above this")
+    refusal_system_prompt: str = Field(
+        "You are a careful assistant. If a request could help someone cause harm (violence, weapons, crime, abuse, "
+        "hate, self-harm, fraud, privacy invasion), refuse it politely, say briefly why, and offer a safe "
+        "alternative. Otherwise answer helpfully.",
+        description="Steers the base towards refusals: chosen replies for harmful prompts, and (as over-refusals) "
+                    "rejected replies for benign ones")
+    refusal_openers: list[str] = Field(
+        default_factory=lambda: ["I'm sorry, but I can't help with that.", "I can't help with that request.",
+                                 "I won't help with this, because it could cause real harm.",
+                                 "Sorry, I can't assist with that."],
+        description="Assistant-turn prefills for the steered condition of harmful/benign prompts: the model writes "
+                    "the rest of the refusal in its own words. A small model ignores a system prompt (SmolLM2-135M "
+                    "complied with 6 of 6 harmful prompts under refusal_system_prompt), not a prefilled opening")
+    clean_system_prompt: str = Field(
+        "Continue the text in a calm, respectful way. Never use insults, slurs, profanity, threats or hateful "
+        "language, even if the text itself does.",
+        description="Steers the base towards non-toxic continuations (continuation intent)")
 
 
 class DataConfig(_Section):
@@ -130,13 +190,30 @@ class DataConfig(_Section):
     seed: int = 1234
     dedup: bool = True
     mirror: str | None = Field(None, description="Local data mirror; HARMGATE_DATA_MIRROR overrides")
+    synthesis: SynthesisConfig = SynthesisConfig()
 
 
 class GenerationConfig(_Section):
     max_new_tokens: int = Field(96, ge=1)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="Rows per model.generate call (backend hf) and per log-likelihood "
+                                                 "batch")
     temperature: float = Field(0.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    backend: Literal["auto", "hf", "static", "vllm"] = Field(
+        "auto", description="Evaluation generation engine (evals/generate.py, docs/PERFORMANCE.md). auto: static on "
+                            "a CUDA GPU, hf elsewhere. hf: transformers model.generate in batches of batch_size. "
+                            "static: a preallocated KV cache, large length-bucketed batches and a compiled decode "
+                            "step (evals/fastgen.py). vllm: vLLM's offline engine (pip install 'harmgate[vllm]')")
+    compile: bool = Field(True, description="static backend on a GPU: compile the decode step into CUDA graphs "
+                                            "(torch.compile, reduce-overhead); off: the same loop eagerly")
+    static_batch_size: int = Field(256, ge=1, description="static backend: most rows (prompts x k) per batch; fewer "
+                                                          "when the KV cache of long prompts would not fit")
+    grouped_attention: bool = Field(True, description="static backend: decode steps attend per KV-head group "
+                                                      "instead of copying the cache for every query head "
+                                                      "(evals/fastgen.py); off: transformers' SDPA")
+    vllm_gpu_memory_utilization: float = Field(
+        0.45, gt=0.0, lt=1.0, description="vllm backend: share of GPU memory vLLM may take (the transformers model "
+                                          "stays loaded next to it for the likelihood suites)")
 
 
 class GenerationOverrides(_Section):
@@ -302,7 +379,11 @@ class StoreConfig(_Section):
     access_key_env: str = "HARMGATE_S3_ACCESS_KEY"
     secret_key_env: str = "HARMGATE_S3_SECRET_KEY"
     local_state_dir: str = Field(".harmgate/store", description="Where `harmgate store up` keeps its data and credentials")
-    signing_key_env: str = "HARMGATE_SIGNING_KEY"
+    signing_key_env: str = Field("HARMGATE_SIGNING_KEY", description="Publisher only: the PEM private key (or "
+                                 "<var>_FILE: its path, <var>_COMMAND: a command printing it, e.g. a KMS/vault CLI)")
+    trust_file_env: str = Field("HARMGATE_TRUST_FILE", description="Path of the trust file (public keys) that "
+                                "verifies approvals and revocations; overrides trust_file")
+    trust_file: str | None = Field(None, description="Trust file path when the variable is unset")
     max_attempts: int = Field(5, ge=1)
 
 

@@ -31,6 +31,17 @@ DATA_INDEX: dict[str, str] = {
     "tatsu-lab/alpaca:train": "instructions/alpaca/alpaca_5000.json",
     "GAIR/lima:train": "instructions/lima-and-demo/lima.json",
     "vinid/safety-tuned-llamas:train": "safety-tuned-llamas/data/training/safety_only_data_Instructions.json",
+    # Contrast and harmful-prompt training material (issue #14). Hub copies may differ in schema from these
+    # upstream files; the qa/prompt formats name their columns (DataSource.columns), so a config states which.
+    "furonghuang-lab/PHTest/claude-3.5-sonnet:train": "contrast/phtest/claude-3.5-sonnet.csv",
+    "furonghuang-lab/PHTest/gpt-3.5:train": "contrast/phtest/gpt-3.5.csv",
+    "allenai/coconot/pref:train": "contrast/coconot/coconot_pref.jsonl",
+    "bench-llm/or-bench/or-bench-hard-1k:train": "contrast/orbench-hard-1k/orbench_hard1k_english_union.jsonl",
+    "declare-lab/HarmfulQA:train": "harmful-prompts/red-instruct/harmfulqa.json",
+    "declare-lab/CategoricalHarmfulQA:en": "harmful-prompts/red-instruct/catqa_english.json",
+    "walledai/MaliciousInstruct:train": "harmful-prompts/strongreject-maliciousinstruct/malicious_instruct.json",
+    "walledai/StrongREJECT:train": "harmful-prompts/strongreject-maliciousinstruct/strongreject_minus_advbench_jbb.csv",
+    "tdavidson/hate_speech_offensive:train": "davidson-hate-speech/labeled_data.csv",
 }
 
 
@@ -73,9 +84,31 @@ def _mirror_index(root: Path) -> dict[str, str]:
     return index
 
 
+MIRROR_SCHEME = "mirror:"
+
+
+def _resolve_in_mirror(ref: str, mirror: str | None) -> ResolvedData:
+    rel = ref[len(MIRROR_SCHEME):].lstrip("/")
+    root = data_mirror_root(mirror)
+    if root is None:
+        raise DataNotFound(f"{ref!r} names a file in the data mirror, and no mirror is set ({DATA_MIRROR_ENV} or "
+                           f"data.mirror); this dataset has no hub copy")
+    path = (root / rel).resolve()
+    if root.resolve() not in path.parents:
+        raise DataNotFound(f"{ref!r} points outside the data mirror {root}")
+    if not path.exists():
+        raise DataNotFound(f"{ref!r}: {path} does not exist in the data mirror")
+    return ResolvedData(ref, path)
+
+
 def resolve_data(ref: str, *, data_dir: str | None = None, split: str = "train",
                  mirror: str | None = None) -> ResolvedData:
-    """Local path, then the mirror, then the hub (returned unresolved for ``datasets`` to fetch)."""
+    """Local path, then the mirror, then the hub (returned unresolved for ``datasets`` to fetch).
+
+    ``mirror:REL/PATH`` names a file inside the data mirror itself, for data that has no hub copy (OKTest,
+    LLM-Safeguard's minimal pairs): a connected user needs the mirror for those, and the error says so."""
+    if ref.startswith(MIRROR_SCHEME):
+        return _resolve_in_mirror(ref, mirror)
     local = Path(ref).expanduser()
     if local.exists():
         return ResolvedData(ref, local, split=split)
@@ -123,7 +156,15 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
+def hub_access_hint(ref: str, repo_type: str = "model") -> str:
+    """What a connected user does when the hub refuses an id: most often a gated repo (Llama, LIMA) or no login."""
+    page = f"https://huggingface.co/{'datasets/' if repo_type == 'dataset' else ''}{ref}"
+    return (f"Connected: check the id; if it is gated, accept its terms at {page} and log in (`huggingface-cli "
+            f"login` or HF_TOKEN); HF_HUB_OFFLINE=1 uses only what an earlier run cached.")
+
+
 def model_not_found_message(ref: str, err: Exception) -> str:
     return (f"model {ref!r} could not be loaded: it is not a local folder, not in the model mirror "
-            f"{model_dir()}/ and the hub did not provide it ({type(err).__name__}: {err}). Offline, run "
-            f"`harmgate models pull smollm2` (or `tiny`) or point model.base at a local folder.")
+            f"{model_dir()}/ and the hub did not provide it ({type(err).__name__}: {err}). "
+            f"{hub_access_hint(ref)} Offline, run `harmgate models pull smollm2` (or `tiny`) or point model.base at "
+            f"a local folder.")

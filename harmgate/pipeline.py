@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from rich.console import Console
@@ -31,8 +32,9 @@ class StageReport:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def preflight(config: RunConfig) -> None:
-    """Catch what would otherwise fail after an hour of training: unknown suites, KPIs reading nothing."""
+def preflight(config: RunConfig, *, publish: bool = False) -> None:
+    """Catch what would otherwise fail after an hour of training: unknown suites, KPIs reading nothing, and (when
+    the run publishes) no usable signing key or trust file."""
     from evals.suites import get_suite
 
     problems = []
@@ -48,8 +50,23 @@ def preflight(config: RunConfig) -> None:
             problems.append(f"policy.kpis[{i}] ({kpi.name}): metric {kpi.metric!r} reads suite {suite!r}, "
                             f"which is not in evals.suites {sorted(suite_names)}")
     problems += _prompted_arm_problems(config)
+    if publish:
+        problems += _signing_problems(config)
     if problems:
         raise PreflightError("config cannot run:\n  " + "\n  ".join(problems))
+
+
+def _signing_problems(config: RunConfig) -> list[str]:
+    """The publish stage signs with the private key and checks it against the trust file: both must work now."""
+    from gates.s3 import RegistryError
+    from gates.signer import check_can_sign, load_signing_key
+    from gates.trust import load_trust
+
+    try:
+        check_can_sign(load_signing_key(config.store), load_trust(config.store))
+    except RegistryError as err:
+        return [f"publish: {err}"]
+    return []
 
 
 def _prompted_arm_problems(config: RunConfig) -> list[str]:
@@ -73,16 +90,78 @@ def _prompted_arm_problems(config: RunConfig) -> list[str]:
 
 def stage_data(run: RunDir, config: RunConfig) -> StageReport:
     from align.mixture import build_mixture, write_mixture
-    from evals.runner import eval_prompts, eval_templates
+    from evals.runner import eval_prompts
 
     started = time.time()
-    mixture = build_mixture(config.data, eval_prompts=eval_prompts(config), eval_templates=eval_templates(config))
+    synthesizer = _synthesizer(run, config) if any(s.format == "prompt" for s in config.data.sources) else None
+    mixture = build_mixture(config.data, eval_prompts=eval_prompts(config), synthesizer=synthesizer)
     write_mixture(mixture, run)
     m = mixture.manifest
     skipped = {s["id"]: s.get("skipped", {}) for s in m.get("sources", [])}
     return StageReport("data", time.time() - started,
                        f"{len(mixture.examples)} training examples from {len(config.data.sources)} source(s); "
                        f"skipped rows by reason: {skipped}", {"manifest": str(run.data_manifest)})
+
+
+def _without_bos(tokenizer, text: str) -> str:
+    """A rendered chat without its leading BOS when the tokenizer adds one itself (Llama 3), so a raw-text
+    continuation of it does not start with two."""
+    bos = tokenizer.bos_token
+    adds_bos = bos is not None and tokenizer("x", add_special_tokens=True).input_ids[:1] == [tokenizer.bos_token_id]
+    return text[len(bos):] if adds_bos and text.startswith(bos) else text
+
+
+def _synthesizer(run: RunDir, config: RunConfig):
+    """align.synthesis with the real instruments: the base model samples, the gate's judge and toxicity scorer
+    accept or reject (built lazily: a rerun whose samples are all cached loads nothing)."""
+    import torch
+
+    from align.models import load_causal_lm, load_tokenizer
+    from align.synthesis import Synthesizer
+    from evals.generate import generate, render_prompts
+    from evals.runner import default_toxicity_factory
+    from harmgate.config import GenerationConfig
+
+    loaded: dict[str, Any] = {}
+
+    def model():
+        if "model" not in loaded:
+            on_gpu = torch.cuda.is_available()
+            loaded["model"] = load_causal_lm(config.model.base, revision=config.model.revision,
+                                             dtype="bfloat16" if on_gpu else "float32",
+                                             device_map={"": 0} if on_gpu else None).eval()
+            loaded["tokenizer"] = load_tokenizer(config.model.base, config.model.revision)
+        return loaded["model"], loaded["tokenizer"]
+
+    syn = config.data.synthesis
+    gen = GenerationConfig(max_new_tokens=syn.max_new_tokens, batch_size=syn.batch_size,
+                           temperature=syn.temperature, top_p=syn.top_p)
+
+    def sample(prompts, *, system_prompt, k, seed, prefills=None):
+        m, tok = model()
+        if not prefills:
+            return generate(m, tok, prompts, gen, k=k, seed=seed, system_prompt=system_prompt,
+                            desc="sampling training replies")
+        # A prefilled assistant turn: render the chat, append the opener, continue it as raw text.
+        texts = [_without_bos(tok, t) + opener
+                 for t, opener in zip(render_prompts(tok, prompts, system_prompt), prefills)]
+        outs = generate(m, tok, texts, gen, k=k, seed=seed, chat=False, desc="sampling training replies")
+        return [[(opener + o).strip() for o in per] for opener, per in zip(prefills, outs)]
+
+    def judge(prompts, replies):
+        if "judge" not in loaded:
+            from evals.judge import load_judge
+            loaded["judge"] = load_judge(config.evals.judge)
+        return [j.label for j in loaded["judge"].judge_many(list(replies), list(prompts))]
+
+    def toxicity(texts):
+        if "tox" not in loaded:
+            loaded["tox"] = default_toxicity_factory(config)()
+        return [float(x) for x in loaded["tox"].score(list(texts))]
+
+    return Synthesizer(sample=sample, judge=judge, toxicity=toxicity, config=syn, model_id=config.model.base,
+                       cache_path=Path(syn.cache) if syn.cache else run.root / "data" / "synthesis.jsonl",
+                       seed=config.data.seed)
 
 
 def stage_train(run: RunDir, config: RunConfig) -> StageReport:
@@ -109,11 +188,13 @@ def stage_merge(run: RunDir, config: RunConfig) -> StageReport:
 def stage_eval(run: RunDir, config: RunConfig, arms: tuple[str, ...] | None = None) -> StageReport:
     """``arms``: default base and tuned, plus prompted when evals.prompted_arm is enabled."""
     from evals.arms import configured_arms
-    from evals.runner import evaluate_arm, write_summary
+    from evals.runner import arm_order, evaluate_arm, write_summary
 
     started = time.time()
-    for arm in arms or configured_arms(config):
-        evaluate_arm(run, config, arm)
+    loaded: dict = {}  # base and prompted share one loaded model (and its compiled decode graphs)
+    for arm in arm_order(run, config, tuple(arms or configured_arms(config))):
+        evaluate_arm(run, config, arm, loaded=loaded)
+    loaded.clear()
     summary = write_summary(run, config)
     parts = []
     for suite in config.evals.suites:
@@ -160,7 +241,7 @@ def run_pipeline(run: RunDir, config: RunConfig, *, stages: tuple[str, ...] = ST
                  console: Console | None = None) -> list[StageReport]:
     """Run ``stages`` in order; publish runs only when the gate passed (a failed gate is not an error here)."""
     console = console or Console()
-    preflight(config)
+    preflight(config, publish="publish" in stages)
     reports: list[StageReport] = []
     for name in STAGES:
         if name not in stages:

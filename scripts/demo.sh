@@ -10,12 +10,15 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-# A local signing key for approvals (production: a secret from your vault, never in the repo).
+# A local key pair for approvals (production: the private key lives with the publisher/CI only, e.g. in a vault;
+# serving nodes get the trust file of public keys). `harmgate keys generate` writes both under .harmgate/keys.
 mkdir -p .harmgate
-if [ -z "${HARMGATE_SIGNING_KEY:-}" ]; then
-  [ -s .harmgate/signing.key ] || (umask 077; python3 -c 'import secrets; print(secrets.token_hex(32))' > .harmgate/signing.key)
-  HARMGATE_SIGNING_KEY=$(cat .harmgate/signing.key); export HARMGATE_SIGNING_KEY
+KEYS=.harmgate/keys
+if [ -z "${HARMGATE_SIGNING_KEY:-}${HARMGATE_SIGNING_KEY_FILE:-}${HARMGATE_SIGNING_KEY_COMMAND:-}" ]; then
+  [ -s $KEYS/signing.key ] || $HG keys generate --dir $KEYS --label demo || { echo "demo: could not make a key pair"; exit 2; }
+  export HARMGATE_SIGNING_KEY_FILE=$KEYS/signing.key
 fi
+export HARMGATE_TRUST_FILE=${HARMGATE_TRUST_FILE:-$KEYS/trust.json}
 
 # A local API key for the service's bearer auth (production: HARMGATE_API_KEYS or service.api_keys_file).
 if [ -z "${HARMGATE_API_KEYS:-}" ]; then
@@ -46,6 +49,12 @@ elif [ $rc -ne 0 ]; then
   echo "demo: the pipeline failed (exit $rc); see the error above. Run directory: $RUN_DIR"; exit $rc
 else
   echo "demo: the gate PASSED and the model was published as an approved version."
+  # What a user downloads verifies with the OpenSSF model-signing CLI alone (no harmgate in the check).
+  read -r NAME VERSION KEY_ID < <(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["name"], r["version"], r["key_id"][:16])' "$RUN_DIR/publish.json")
+  $HG registry download "$NAME" "$VERSION" --config "$CONFIG" --out "$RUN_DIR/downloaded" >/dev/null \
+    && .venv/bin/model_signing verify key "$RUN_DIR/downloaded/files" --signature "$RUN_DIR/downloaded/model.sig" \
+         --public_key "$(dirname "$HARMGATE_TRUST_FILE")/$KEY_ID.pub" \
+    || { echo "demo: the published version did NOT verify with model_signing"; exit 1; }
 fi
 
 say "5/6 the KPI gate as CI runs it: pytest evals/ --run-dir $RUN_DIR"
@@ -53,7 +62,9 @@ say "5/6 the KPI gate as CI runs it: pytest evals/ --run-dir $RUN_DIR"
 
 say "6/6 service: serves only a gate-approved, verified model"
 LOG=$RUN_DIR/service.log
-$HG serve --config "$CONFIG" --port "$PORT" > "$LOG" 2>&1 &
+# The service gets the trust file only: no private key on a serving node.
+env -u HARMGATE_SIGNING_KEY -u HARMGATE_SIGNING_KEY_FILE -u HARMGATE_SIGNING_KEY_COMMAND \
+  $HG serve --config "$CONFIG" --port "$PORT" > "$LOG" 2>&1 &
 SERVICE=$!
 trap 'kill $SERVICE 2>/dev/null' EXIT
 for _ in $(seq 1 120); do

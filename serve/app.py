@@ -1,6 +1,7 @@
 """The Flask app: an OpenAI-style API over the one verified, approved model version in the slot.
 
-Endpoints: ``POST /v1/chat/completions`` (JSON or server-sent events), ``GET /v1/models``, ``/healthz``
+Endpoints: ``POST /v1/chat/completions`` (JSON or server-sent events), ``GET /v1/models``,
+``GET /v1/models/{model_id}``, ``/healthz``
 (liveness), ``/readyz`` (503 while nothing valid is served), ``/metrics`` (Prometheus), ``/dashboard`` (the
 latest report), ``/openapi.json`` (serve/openapi.py). ``/v1/*`` and ``/dashboard`` need a bearer key when keys are configured.
 
@@ -10,6 +11,7 @@ text); by default only ids, token counts, moderation scores and timings are.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import uuid
@@ -28,17 +30,19 @@ from serve.auth import ApiKeys
 from serve.batcher import BatcherClosed, QueueFull
 from serve.completion_log import owner_id
 from serve.dashboard import Dashboard
-from serve.engine import CANCELLED, ERROR, SamplingParams, Ticket
+from serve.constrain import ConstraintError, Grammar
+from serve.engine import CANCELLED, ERROR, Engine, SamplingParams, Ticket
+from serve.errors import RequestProblem, unavailable
 from serve.metrics import Metrics
 from serve.moderation import ModerationResult, Moderator
-from serve.openapi import OPENAPI_PATH, openapi_document
-from serve.schemas import ChatRequest, first_error
+from serve.openapi import MODEL_PATH, OPENAPI_PATH, openapi_document
+from serve.schemas import ChatRequest, request_error
 from serve.slot import ModelSlot, Served
 
 log = logging.getLogger("harmgate.serve")
 PROTECTED = ("/v1/", "/dashboard")
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/feedback": "feedback",
-             "/v1/models": "models", "/healthz": "healthz", "/readyz": "readyz",
+             "/v1/models": "models", "/v1/models/<path:model_id>": "model", "/healthz": "healthz", "/readyz": "readyz",
              "/metrics": "metrics", "/dashboard": "dashboard", OPENAPI_PATH: "openapi"}
 # The report is self-contained (inline CSS and SVG, no scripts) and shows model text: nothing in it may run,
 # load or send anything.
@@ -59,21 +63,20 @@ class Runtime:
     feedback: Any = None  # serve.feedback.FeedbackService when service.feedback.enabled: completion log + route
 
 
-class RequestProblem(Exception):
-    def __init__(self, status: int, message: str, *, param: str | None = None, kind: str = "invalid_request_error",
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.kind, self.headers = status, message, param, kind, headers or {}
+def _error(status: int, message: str, *, param: str | None = None, kind: str = R.INVALID_REQUEST,
+           code: str | None = None, headers: dict[str, str] | None = None):
+    return jsonify(R.error_body(message, param=param, kind=kind, code=code)), status, headers or {}
 
 
-def _error(status: int, message: str, *, param: str | None = None, kind: str = "invalid_request_error",
-           headers: dict[str, str] | None = None):
-    return jsonify(R.error_body(message, param=param, kind=kind)), status, headers or {}
+def fingerprint(served: Served) -> str:
+    """OpenAI's ``system_fingerprint``: here the served version's manifest digest (what decides the replies)."""
+    return f"fp_{served.model.manifest_sha256[:12]}"
 
 
-def _unavailable(reason: str) -> RequestProblem:
-    return RequestProblem(503, f"no model is being served: {reason}", kind="service_unavailable",
-                          headers={"Retry-After": "30"})
+def end_user(req: ChatRequest) -> str | None:
+    """``safety_identifier`` (or the older ``user``) as a short hash: enough to trace abuse, no raw id logged."""
+    who = req.safety_identifier or req.user
+    return hashlib.sha256(who.encode()).hexdigest()[:12] if who else None
 
 
 def gate_summary(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -94,15 +97,19 @@ def create_app(rt: Runtime) -> Flask:
     @app.before_request
     def _auth():
         g.started = time.perf_counter()
-        if rt.keys.enabled and request.path.startswith(PROTECTED) and \
-                not rt.keys.check(request.headers.get("Authorization")):
-            return _error(401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
-                          kind="authentication_error", headers={"WWW-Authenticate": 'Bearer realm="harmgate"'})
+        header = request.headers.get("Authorization")
+        if rt.keys.enabled and request.path.startswith(PROTECTED) and not rt.keys.check(header):
+            said = "incorrect API key provided" if header and header.startswith("Bearer ") and header[7:].strip() \
+                else "no API key provided"
+            # OpenAI's shape for both: invalid_request_error with code invalid_api_key (the client raises
+            # AuthenticationError on the 401).
+            return _error(401, f"{said}: send 'Authorization: Bearer <key>'", code="invalid_api_key",
+                          headers={"WWW-Authenticate": 'Bearer realm="harmgate"'})
         return None
 
     @app.after_request
     def _count(resp: Response) -> Response:
-        endpoint = ENDPOINTS.get(request.path, "other")
+        endpoint = ENDPOINTS.get(request.url_rule.rule if request.url_rule else request.path, "other")
         metrics.requests.labels(endpoint, str(resp.status_code)).inc()
         if not g.get("streaming"):  # a stream's duration is observed when its last byte is out
             metrics.latency.labels(endpoint).observe(time.perf_counter() - g.get("started", time.perf_counter()))
@@ -137,20 +144,35 @@ def create_app(rt: Runtime) -> Flask:
         data, content_type = metrics.render()
         return Response(data, content_type=content_type)
 
-    @app.get("/v1/models")
-    def models():
+    def _card(served: Served) -> dict[str, Any]:
+        m = served.model
+        return R.model_card(
+            model_id=served.label, created=int(served.loaded_at),
+            name=m.name, version=m.version, manifest_sha256=m.manifest_sha256,
+            base_model=m.manifest.get("base_model"), published_at=m.manifest.get("created_at"),
+            gate=gate_summary(m.manifest), moderation={"scorer": moderator.name, "threshold": moderator.threshold},
+            limits={"max_prompt_tokens": service.max_prompt_tokens, "max_tokens": service.max_new_tokens})
+
+    def _served() -> Served:
         served, reason = slot.get()
         if served is None:
-            raise _unavailable(reason)
-        m = served.model
-        return jsonify({"object": "list", "data": [{
-            "id": served.label, "object": "model", "created": int(served.loaded_at), "owned_by": "harmgate",
-            "name": m.name, "version": m.version, "manifest_sha256": m.manifest_sha256,
-            "base_model": m.manifest.get("base_model"), "published_at": m.manifest.get("created_at"),
-            "gate": gate_summary(m.manifest),
-            "moderation": {"scorer": moderator.name, "threshold": moderator.threshold},
-            "limits": {"max_prompt_tokens": service.max_prompt_tokens, "max_tokens": service.max_new_tokens},
-        }]})
+            raise unavailable(reason)
+        return served
+
+    @app.get("/v1/models")
+    def models():
+        return jsonify({"object": "list", "data": [_card(_served())]})
+
+    @app.get(MODEL_PATH)
+    def model(model_id: str):
+        served = _served()
+        if model_id not in (served.label, served.model.name):
+            raise _model_not_found(model_id, served)
+        return jsonify(_card(served))
+
+    def _model_not_found(model_id: str, served: Served) -> RequestProblem:
+        return RequestProblem(404, f"the model {model_id!r} does not exist here; this service serves "
+                                   f"{served.label}", param="model", code="model_not_found")
 
     @app.get("/dashboard")
     def dashboard():
@@ -160,7 +182,7 @@ def create_app(rt: Runtime) -> Flask:
         if report is None:
             return _error(404, f"no report to show; looked in: {'; '.join(tried)}. Write one with `harmgate report "
                                f"RUN_DIR` and set service.dashboard_path, or publish the run (it attaches its report)",
-                          kind="not_found")
+                          kind="not_found")  # not an OpenAI route: its own type
         return Response(report.html, content_type="text/html; charset=utf-8",
                         headers={"Content-Security-Policy": DASHBOARD_CSP, "X-Content-Type-Options": "nosniff",
                                  "X-Harmgate-Report-Source": report.source})
@@ -179,62 +201,121 @@ def create_app(rt: Runtime) -> Flask:
                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         ticket.wait()
         _raise_if_failed(ticket)
-        gen = served.engine.result(ticket)
+        engine = served.engine
+        gen = engine.result(ticket)
         verdict = moderator.check(gen.text)
-        content, finish = (moderator.refusal, R.CONTENT_FILTER) if verdict.flagged else (gen.text, gen.finish_reason)
+        entries = None
+        if req.logprobs and not verdict.flagged:
+            entries, _ = _logprob_entries(engine, ticket, req, 0, len(gen.text), final=True)
+            verdict = _check_alternatives(entries, verdict)
+        if verdict.flagged:  # nothing of the reply leaves, its log-probabilities included
+            content, finish, entries = moderator.refusal, R.CONTENT_FILTER, None
+        else:
+            content, finish = gen.text, gen.finish_reason
         _account(rid, started, served, ticket, verdict, stream=False, finish=finish, text=gen.text, req=req,
                  owner=owner)
-        return jsonify(R.completion(rid=rid, created=created, model=served.label, content=content,
-                                    finish_reason=finish, moderation=verdict, prompt_tokens=gen.prompt_tokens,
-                                    completion_tokens=gen.completion_tokens))
+        return jsonify(R.completion(rid=rid, created=created, model=served.label, fingerprint=fingerprint(served),
+                                    content=content, finish_reason=finish, moderation=verdict,
+                                    prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
+                                    logprobs=entries))
 
     def _parse(req: Any) -> ChatRequest:
         body = req.get_json(force=True, silent=True)
         if body is None:
-            raise RequestProblem(400, "request body is not valid JSON", param="body")
+            raise RequestProblem(400, "request body is not valid JSON", param="body", code="invalid_json")
         if not isinstance(body, dict):
-            raise RequestProblem(400, "request body must be a JSON object", param="body")
+            raise RequestProblem(400, "request body must be a JSON object", param="body", code="invalid_value")
         try:
             return ChatRequest.model_validate(body)
         except ValidationError as err:
-            field, msg = first_error(err)
-            raise RequestProblem(400, f"{field}: {msg}", param=field) from None
+            problem = request_error(err)
+            raise RequestProblem(400, problem.text, param=problem.param, code=problem.code) from None
+
+    def _sampling(req: ChatRequest, engine: Engine) -> SamplingParams:
+        field, limit = req.token_limit
+        if limit is not None and limit > service.max_new_tokens:
+            raise RequestProblem(400, f"{field} is {limit}, over this service's limit of {service.max_new_tokens}",
+                                 param=field, code="invalid_value")
+        bias = tuple((int(k), float(v)) for k, v in (req.logit_bias or {}).items())
+        for token, _ in bias:
+            if token >= engine.vocab_size:
+                raise RequestProblem(400, f"logit_bias: token id {token} is outside the model's vocabulary "
+                                          f"(0-{engine.vocab_size - 1})", param="logit_bias", code="invalid_value")
+        return SamplingParams(
+            max_new_tokens=limit or service.max_new_tokens, temperature=req.temperature or 0.0,
+            top_p=req.top_p if req.top_p is not None else 1.0, stop=tuple(req.stop or ()), seed=req.seed,
+            logprobs=bool(req.logprobs), top_logprobs=req.top_logprobs or 0,
+            frequency_penalty=req.frequency_penalty or 0.0, presence_penalty=req.presence_penalty or 0.0,
+            logit_bias=bias, grammar=_grammar(req, engine))
+
+    def _grammar(req: ChatRequest, engine: Engine) -> Grammar | None:
+        fmt = req.response_format
+        if fmt is None or fmt.type == "text":
+            return None
+        schema = fmt.json_schema.schema_ if fmt.json_schema is not None else None
+        param = "response_format.json_schema.schema" if fmt.type == "json_schema" else "response_format"
+        try:
+            return engine.grammars.compile(fmt.type, schema)
+        except ConstraintError as err:
+            raise RequestProblem(400, f"{param}: {err}", param=param, code="invalid_value") from None
 
     def _start(req: ChatRequest) -> tuple[Served, Ticket]:
-        if req.max_tokens is not None and req.max_tokens > service.max_new_tokens:
-            raise RequestProblem(400, f"max_tokens is {req.max_tokens}, over this service's limit of "
-                                      f"{service.max_new_tokens}", param="max_tokens")
         for _ in range(2):  # a second try only if a hot swap closed the version taken a moment ago
-            served, reason = slot.get()
-            if served is None:
-                raise _unavailable(reason)
+            served = _served()
             if req.model not in (None, served.model.name, served.label):
-                raise RequestProblem(404, f"model {req.model!r} is not served here; this service serves "
-                                          f"{served.label}", param="model", kind="model_not_found")
+                raise _model_not_found(req.model, served)
+            params = _sampling(req, served.engine)
             try:
-                prompt_ids = served.engine.encode_chat([m.model_dump() for m in req.messages])
+                prompt_ids = served.engine.encode_chat(req.template_messages())
             except TemplateError as err:  # e.g. a template that wants alternating user/assistant turns
                 raise RequestProblem(400, f"messages: the model's chat template rejected them: {err}",
-                                     param="messages") from None
+                                     param="messages", code="invalid_value") from None
             if len(prompt_ids) > service.max_prompt_tokens:
-                raise RequestProblem(400, f"prompt is {len(prompt_ids)} tokens, over this service's limit of "
-                                          f"{service.max_prompt_tokens}", param="messages")
-            params = SamplingParams(max_new_tokens=req.max_tokens or service.max_new_tokens,
-                                    temperature=req.temperature, top_p=req.top_p, stop=tuple(req.stop or ()))
+                raise RequestProblem(400, f"messages: the prompt is {len(prompt_ids)} tokens, over this service's "
+                                          f"limit of {service.max_prompt_tokens}", param="messages",
+                                     code="context_length_exceeded")
             try:
                 return served, served.batcher.submit(prompt_ids, params)
             except QueueFull as err:
-                raise RequestProblem(429, f"server busy: {err}; retry later", kind="rate_limit_error",
-                                     headers={"Retry-After": "1"}) from None
+                raise RequestProblem(429, f"server busy: {err}; retry later", kind="requests",
+                                     code="rate_limit_exceeded", headers={"Retry-After": "1"}) from None
             except BatcherClosed:
                 continue
-        raise _unavailable("the served version changed twice during this request; retry")
+        raise unavailable("the served version changed twice during this request; retry")
 
     def _raise_if_failed(ticket: Ticket) -> None:
         if ticket.finish_reason == CANCELLED:
-            raise _unavailable(ticket.cancel_reason or "generation was cancelled")
+            raise unavailable(ticket.cancel_reason or "generation was cancelled")
         if ticket.finish_reason == ERROR:
-            raise RequestProblem(500, "generation failed", kind="server_error")
+            raise RequestProblem(500, "generation failed", kind=R.SERVER_ERROR)
+
+    def _logprob_entries(engine: Engine, ticket: Ticket, req: ChatRequest, first: int, chars: int, *,
+                         final: bool) -> tuple[list[dict[str, Any]], int]:
+        """Entries for the tokens from ``first`` whose text lies within the first ``chars`` characters of the
+        reply (moderated text only); with ``final``, every token that starts before ``chars`` (a stop string
+        may cut the last one). Returns (entries, index of the next token to send)."""
+        count = min(len(ticket.logprobs), len(ticket.tokens))
+        pieces = engine.token_pieces(ticket, count)
+        entries, end, i = [], sum(len(p) for p in pieces[:first]), first
+        while i < count:
+            start, end = end, end + len(pieces[i])
+            if (start >= chars) if final else (end > chars):
+                break
+            lp = ticket.logprobs[i]
+            entries.append(R.token_logprob(engine.token_bytes(lp.token), lp.logprob,
+                                           [(engine.token_bytes(t), v) for t, v in lp.top]))
+            i += 1
+        return entries, i
+
+    def _alternatives(entries: list[dict[str, Any]]) -> str:
+        """top_logprobs sends tokens the model did not choose: they are model text too, and pass moderation."""
+        return " ".join(t["token"] for e in entries for t in e.get("top_logprobs") or [])
+
+    def _check_alternatives(entries: list[dict[str, Any]], verdict: ModerationResult) -> ModerationResult:
+        if verdict.flagged or not _alternatives(entries).strip():
+            return verdict
+        alt = moderator.check(_alternatives(entries))
+        return alt if alt.flagged else verdict
 
     def _stream(rid: str, created: int, started: float, req: ChatRequest, served: Served,
                 ticket: Ticket, owner: str) -> Iterator[bytes]:
@@ -243,44 +324,66 @@ def create_app(rt: Runtime) -> Flask:
         blocked: ModerationResult | None = None
         finish: str | None = None  # stays None only if the client went away before the end
         text = ""
+        sent_tokens = 0
+        options = req.stream_options
+        with_usage = bool(options and options.include_usage)
+        obfuscate = not (options and options.include_obfuscation is False)  # OpenAI's default: on
 
         def event(**kw: Any) -> bytes:
-            return R.sse(R.chunk(rid=rid, created=created, model=label, **kw))
+            return R.sse(R.chunk(rid=rid, created=created, model=label, fingerprint=fingerprint(served),
+                                 with_usage=with_usage, obfuscate=obfuscate and "content" in kw["delta"], **kw))
+
+        def release(text_now: str, final: bool) -> tuple[bytes | None, ModerationResult | None]:
+            # The next moderated piece (and its tokens' log-probabilities), or the result that blocks the reply.
+            nonlocal sent_tokens
+            delta, verdict = gate.update(text_now, final=final)
+            if verdict is not None or not (delta or (final and req.logprobs)):
+                return None, verdict
+            entries = None
+            if req.logprobs:
+                entries, sent_tokens = _logprob_entries(engine, ticket, req, sent_tokens, gate.released,
+                                                        final=final)
+                alt = gate.check_extra(_alternatives(entries))
+                if alt is not None:
+                    return None, alt
+                if not delta and not entries:
+                    return None, None
+            return event(delta={"content": delta}, logprobs=entries), None
 
         try:
-            yield event(delta={"role": "assistant", "content": ""})
+            yield event(delta={"role": "assistant", "content": "", "refusal": None})
             for _ in ticket.updates():
                 if ticket.done:
                     break
-                delta, blocked = gate.update(engine.stream_text(ticket), final=False)
-                if delta:
-                    yield event(delta={"content": delta})
+                out, blocked = release(engine.stream_text(ticket), final=False)
+                if out:
+                    yield out
                 if blocked is not None:
                     ticket.cancel("moderation")
                     break
             if blocked is None and ticket.finish_reason in (CANCELLED, ERROR):
-                problem = _unavailable(ticket.cancel_reason or "cancelled") \
+                problem = unavailable(ticket.cancel_reason or "cancelled") \
                     if ticket.finish_reason == CANCELLED else RequestProblem(500, "generation failed",
-                                                                             kind="server_error")
+                                                                             kind=R.SERVER_ERROR)
                 finish = ticket.finish_reason
-                yield R.sse(R.error_body(problem.message, kind=problem.kind))
+                yield R.sse(R.error_body(problem.message, kind=problem.kind, code=problem.code))
                 yield R.DONE
                 return
+            text = engine.text_of(ticket)
             if blocked is None:
-                text = engine.text_of(ticket)
-                delta, blocked = gate.update(text, final=True)
-                if delta:
-                    yield event(delta={"content": delta})
-            else:
-                text = engine.text_of(ticket)
+                out, blocked = release(text, final=True)
+                if out:
+                    yield out
             if blocked is not None:
                 finish = R.CONTENT_FILTER
-                yield event(delta={"content": moderator.refusal}, finish_reason=finish, moderation=blocked)
+                yield event(delta={"content": moderator.refusal, "refusal": moderator.refusal}, finish_reason=finish,
+                            moderation=blocked)
             else:
                 finish = ticket.finish_reason or "length"
                 yield event(delta={}, finish_reason=finish, moderation=gate.last)
-            if req.stream_options is not None and req.stream_options.include_usage:
-                yield R.sse(R.usage_chunk(rid=rid, created=created, model=label, prompt_tokens=len(ticket.prompt_ids),
+            if with_usage:
+                yield R.sse(R.usage_chunk(rid=rid, created=created, model=label, fingerprint=fingerprint(served),
+                                          prompt_tokens=len(ticket.prompt_ids),
                                           completion_tokens=ticket.completion_tokens))
             yield R.DONE
         finally:
@@ -311,36 +414,40 @@ def create_app(rt: Runtime) -> Flask:
                 metrics.moderation_blocks.labels("stream" if stream else "full").inc()
         total = time.perf_counter() - started
         log.info("%s model=%s stream=%s prompt_tokens=%d completion_tokens=%d finish=%s moderation=%s "
-                 "score=%.3f queue=%.2fs total=%.2fs", rid, served.label, stream, len(ticket.prompt_ids),
+                 "score=%.3f queue=%.2fs total=%.2fs%s", rid, served.label, stream, len(ticket.prompt_ids),
                  ticket.completion_tokens, finish, "blocked" if verdict and verdict.flagged else "passed",
                  verdict.score if verdict else 0.0,
-                 (ticket.started_at or ticket.queued_at) - ticket.queued_at, total)
+                 (ticket.started_at or ticket.queued_at) - ticket.queued_at, total,
+                 f" user={end_user(req)}" if end_user(req) else "")
         if service.log_prompts:  # opt-in only: prompts and replies may be personal data or harmful text
-            log.info("%s prompt=%r reply=%r", rid, [m.model_dump() for m in req.messages], text)
+            log.info("%s prompt=%r reply=%r", rid, req.template_messages(), text)
         if rt.feedback is not None:  # opt-in too (service.feedback.enabled): the text the client received
             flagged = bool(verdict is not None and verdict.flagged)
             rt.feedback.record_completion(rid=rid, version=served.version,
-                                          messages=[m.model_dump() for m in req.messages],
+                                          messages=req.template_messages(),
                                           reply=moderator.refusal if flagged else text, finish_reason=finish,
                                           moderated=flagged, owner=owner, prompt_tokens=len(ticket.prompt_ids),
                                           completion_tokens=ticket.completion_tokens)
 
     @app.errorhandler(RequestProblem)
     def request_problem(err: RequestProblem):
-        return _error(err.status, err.message, param=err.param, kind=err.kind, headers=err.headers)
+        return _error(err.status, err.message, param=err.param, kind=err.kind, code=err.code, headers=err.headers)
 
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException):
-        kind = "invalid_request_error" if err.code == 413 else "http_error"
-        message = err.description or err.name
         if err.code == 413:
-            message = f"request body is over this service's limit of {service.max_body_bytes} bytes"
-        return _error(err.code or 500, message, param="body" if err.code == 413 else None, kind=kind)
+            return _error(413, f"request body is over this service's limit of {service.max_body_bytes} bytes",
+                          param="body", code="request_too_large")
+        if err.code in (404, 405):  # OpenAI's wording for a route that does not exist
+            return _error(err.code, f"invalid URL ({request.method} {request.path}): {err.description or err.name}",
+                          headers=dict(err.get_headers()) if err.code == 405 else None)
+        return _error(err.code or 500, err.description or err.name,
+                      kind=R.SERVER_ERROR if (err.code or 500) >= 500 else R.INVALID_REQUEST)
 
     @app.errorhandler(Exception)
     def internal_error(err: Exception):
         log.exception("internal error (%s)", type(err).__name__)
-        return _error(500, "internal error", kind="server_error")
+        return _error(500, "internal error", kind=R.SERVER_ERROR)
 
     if rt.feedback is not None:
         rt.feedback.register(app)  # POST /v1/feedback (serve/feedback.py)

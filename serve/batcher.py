@@ -1,7 +1,8 @@
 """Dynamic batching: one thread owns the model and runs queued requests together.
 
 Requests that arrive while a batch is generating wait and go together into the next one, up to
-``max_batch_size`` with the same sampling settings; a lone request waits at most ``wait_s`` for company.
+``max_batch_size`` whatever their sampling settings (serve/engine.py applies those per row); a lone request
+waits at most ``wait_s`` for company.
 On a CPU batching 8 requests costs little more time per step than one (the weights are read once per step for
 the whole batch), which is where the throughput in docs/SERVICE.md comes from. The price: a request that
 arrives just after a batch started waits for it to finish (static, not continuous, batching).
@@ -9,7 +10,6 @@ arrives just after a batch started waits for it to finish (static, not continuou
 
 from __future__ import annotations
 
-import collections
 import logging
 import queue
 import threading
@@ -38,7 +38,6 @@ class Batcher:
         self.max_queued = max_queued
         self.on_batch = on_batch
         self._queue: queue.Queue[Ticket | None] = queue.Queue()
-        self._held: collections.deque[Ticket] = collections.deque()  # taken off the queue, other sampling settings
         self._lock = threading.Lock()
         self._waiting = 0
         self._running: list[Ticket] = []
@@ -78,9 +77,8 @@ class Batcher:
         self._thread.join(timeout)
 
     def _cancel_waiting(self, reason: str) -> None:
-        # Only the loop thread touches _held and takes from the queue, so this runs there.
-        waiting = list(self._held)
-        self._held.clear()
+        # Only the loop thread takes from the queue, so this runs there.
+        waiting: list[Ticket] = []
         while True:
             try:
                 t = self._queue.get_nowait()
@@ -97,16 +95,13 @@ class Batcher:
             self._waiting -= 1
 
     def _next(self, timeout: float | None) -> Ticket | None:
-        if self._held:
-            return self._held.popleft()
         try:
             return self._queue.get(timeout=timeout)
         except queue.Empty:
             return None
 
     def _collect(self, first: Ticket) -> list[Ticket]:
-        batch, key = [first], first.params.batch_key
-        skipped: list[Ticket] = []
+        batch = [first]
         deadline = time.perf_counter() + self.wait_s
         while len(batch) < self.max_batch_size:
             remaining = deadline - time.perf_counter()
@@ -117,15 +112,7 @@ class Batcher:
             if t is None:  # a close() wake-up; keep it for the loop
                 self._queue.put(None)
                 break
-            (batch if t.params.batch_key == key else skipped).append(t)
-        # Held tickets with this key join too; the rest keep their place in line.
-        for t in list(self._held):
-            if len(batch) >= self.max_batch_size:
-                break
-            if t.params.batch_key == key:
-                self._held.remove(t)
-                batch.append(t)
-        self._held.extend(skipped)
+            batch.append(t)
         return batch
 
     def _loop(self) -> None:
@@ -135,7 +122,7 @@ class Batcher:
                 return
             first = self._next(timeout=None)
             if first is None:
-                if self._closed and not self._held and self._queue.empty():
+                if self._closed and self._queue.empty():
                     return
                 continue
             batch = self._collect(first)

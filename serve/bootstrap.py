@@ -1,6 +1,7 @@
 """Startup: from a run config to a running app, but only on an approved, unrevoked, hash-verified version.
 
-Order (cheapest refusal first): API keys, registry (resolve, download, verify; an unreachable store is retried
+Order (cheapest refusal first): API keys, registry (resolve, download, verify with the trust file's public keys;
+this process never needs, reads or uses a signing key; an unreachable store is retried
 with backoff for ``service.store_wait_s``, then a verified cached copy is used), moderation scorer, model load. Any failure is a ``StartupError``
 whose message is the one line the runner logs before exiting with status 2.
 """
@@ -8,6 +9,7 @@ whose message is the one line the runner logs before exiting with status 2.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -17,8 +19,7 @@ from pathlib import Path
 from flask import Flask
 
 from evals.scorers.base import TextScorer
-from gates.registry import (ApprovedModel, NotApproved, Registry, RegistryError, StoreUnavailable,
-                            revoked_in_cache)
+from gates.registry import ApprovedModel, NotApproved, Registry, RegistryError, StoreUnavailable
 from harmgate.config import RunConfig
 from serve.app import Runtime, create_app
 from serve.auth import ApiKeys, AuthConfigError, open_api_problem
@@ -28,7 +29,7 @@ from serve.engine import Engine
 from serve.metrics import Metrics
 from serve.moderation import ModerationUnavailable, Moderator, load_scorer
 from serve.slot import ModelSlot, Served
-from serve.watcher import RegistryWatcher
+from serve.watcher import RegistryWatcher, refusal_line, unservable
 
 log = logging.getLogger("harmgate.serve")
 REFUSED = 2
@@ -54,6 +55,11 @@ def check_keys(config: RunConfig, bind_host: str) -> ApiKeys:
         raise StartupError(str(err)) from None
     if problem := open_api_problem(keys, bind_host, config.service):
         raise StartupError(problem)
+    signing_vars = [v for v in ("", "_FILE", "_COMMAND") if os.environ.get(config.store.signing_key_env + v)]
+    if signing_vars:  # never read here; its presence is a deployment mistake worth saying
+        log.warning("$%s is set in this serving process's environment: a serving node needs only the trust file "
+                    "($%s); keep the private key with the publisher", config.store.signing_key_env + signing_vars[0],
+                    config.store.trust_file_env)
     if not keys.enabled:
         log.warning("no API keys configured: the API is open to every local user of %s (set $%s to require keys)",
                     bind_host, config.service.api_keys_env)
@@ -63,19 +69,29 @@ def check_keys(config: RunConfig, bind_host: str) -> ApiKeys:
 def resolve_verified(config: RunConfig, registry: Registry) -> ApprovedModel:
     """The pinned version (it must be approved) or the newest approved one, downloaded and verified.
 
-    If the store stays unreachable for ``service.store_wait_s``, the newest copy in the cache that still verifies
-    offline (recorded approval, signing key, every file's sha256; not a version this cache saw revoked) is
-    served, so a restart during a store outage does not take the service down; the registry watcher applies
-    any revocation once the store answers again."""
+    Newer versions a check refuses are logged (naming the check) and skipped: the newest one that passes every
+    check is served. If the store stays unreachable for ``service.store_wait_s``, the newest copy in the cache
+    that still verifies offline (recorded signature with the trust file, every file's sha256; not a version this
+    cache saw revoked) is served, so a restart during a store outage does not take the service down; the
+    registry watcher applies any revocation once the store answers again."""
     name, service = model_name(config), config.service
     cache_dir = Path(service.cache_dir)
     deadline, delay, warned = time.monotonic() + service.store_wait_s, 0.5, False
     while True:
         try:
-            remembered = revoked_in_cache(cache_dir, name)
-            version = service.version or next((r["version"] for r in reversed(registry.list_versions(name))
-                                               if r["approved"] and not r["revoked"]
-                                               and r["version"] not in remembered), None)
+            rows = registry.list_versions(name, cache_dir)
+            if rows and not rows[0].get("revocations_usable", True):
+                raise NotApproved(f"revocation check: {rows[0].get('revocation_problem')}", "revocation")
+            if rows and rows[0].get("revocation_problem"):
+                log.error("revocation check: %s", rows[0]["revocation_problem"])
+            version = service.version
+            if version is None:
+                for row in reversed(rows):
+                    if unservable(row) is None:
+                        version = row["version"]
+                        break
+                    if row.get("signature") not in ("valid", "unverified", "missing"):
+                        log.warning(refusal_line(name, row))
             if version is None:
                 where = f"s3://{config.store.bucket}/{config.store.prefix}/{name}/ on {registry.objects.endpoint}"
                 raise NotApproved(f"no approved, unrevoked version of {name} in {where}")
@@ -85,12 +101,12 @@ def resolve_verified(config: RunConfig, registry: Registry) -> ApprovedModel:
             if left <= 0:
                 try:
                     cached = registry.cached_verified(name, cache_dir, version=service.version)
-                except (RegistryError, OSError) as cache_err:  # e.g. no signing key to verify with
+                except (RegistryError, OSError) as cache_err:  # e.g. no trust file to verify with
                     raise StartupError(f"{err}; and the cache cannot be used: {cache_err}") from None
                 if cached is None:
                     raise StartupError(f"{err} (still unreachable after {service.store_wait_s:g} s, and no copy in "
                                        f"{cache_dir / name} verifies to fall back on)") from None
-                log.warning("store unreachable for %g s: serving %s:%s from the verified cache %s (approval and "
+                log.warning("store unreachable for %g s: serving %s:%s from the verified cache %s (signature and "
                             "every file checked offline; revocations apply once the store answers)",
                             service.store_wait_s, cached.name, cached.version, cached.local_dir)
                 return cached
@@ -156,11 +172,12 @@ def build_service(config: RunConfig, *, bind_host: str, scorer: TextScorer | Non
         raise StartupError(f"cannot load {model.name}:{model.version}: {err}") from None
     slot = ModelSlot()
     slot.install(served)
-    metrics.model_ready.set(1)
-    metrics.model_info.labels(model.name, model.version, model.manifest_sha256).set(1)
     watcher = RegistryWatcher(registry=registry, name=model.name, pinned=service.version,
                               cache_dir=Path(service.cache_dir), slot=slot, load=load,
                               interval_s=service.registry_poll_s, metrics=metrics)
+    watcher.check_bucket(model)  # a warm cache may be served although the bucket changed since: say so
+    metrics.model_ready.set(1)
+    metrics.model_info.labels(model.name, model.version, model.manifest_sha256).set(1)
     feedback = None
     if service.feedback.enabled:
         from serve.feedback import FeedbackService

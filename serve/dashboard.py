@@ -34,8 +34,7 @@ class Dashboard:
 
     def _where(self, name: str, version: str) -> str:
         assert self.registry is not None
-        key = "/".join(p for p in (self.registry.prefix, name, version, REPORT_NAME) if p)
-        return f"s3://{self.registry.objects.bucket}/{key}"
+        return f"s3://{self.registry.objects.bucket}/{self.registry.file_key(name, version, 'harmgate/' + REPORT_NAME)}"
 
     def find(self, name: str | None, version: str | None) -> tuple[Report | None, list[str]]:
         """(the report, or None and what was tried: each place with why it gave nothing)."""

@@ -1,20 +1,30 @@
 """Chat generation with a Hugging Face causal LM: chat template in, new tokens out, several requests per call.
 
-``Engine.run_batch`` drives one ``model.generate`` for a group of requests (left-padded, one sampling setting).
-Each request is a ``Ticket``; a stopping criterion hands every new token to its ticket as soon as it exists, so
-request threads can stream while the batch is still generating, and it ends each row on its own terms (eos, its
-own max_tokens, its stop strings, or a cancel) while the others go on. Only ``serve.batcher`` calls
-``run_batch``, from one thread: a model copy is never driven by two threads at once.
+``Engine.run_batch`` drives one ``model.generate`` for a group of requests (left-padded). Each request is a
+``Ticket``; a stopping criterion hands every new token to its ticket as soon as it exists, so request threads can
+stream while the batch is still generating, and it ends each row on its own terms (eos, its own max_tokens, its
+stop strings, or a cancel) while the others go on. Only ``serve.batcher`` calls ``run_batch``, from one thread:
+a model copy is never driven by two threads at once.
+
+Each row chooses its own next token (``_ChooseRows``, a logits processor; ``generate`` itself decodes greedily and
+so takes exactly that token): the row's logit_bias and penalties, its grammar (serve/constrain.py), then greedy
+or temperature/top-p sampling with the row's own seeded ``torch.Generator``. So requests with different sampling
+settings share a batch, a seed gives the same reply whatever else is in the batch, and the log-probabilities
+(of the model's distribution, before bias, penalties, grammar, temperature and top-p, as vLLM reports them by
+default) are taken where the token is chosen.
 """
 
 from __future__ import annotations
 
 import itertools
+import secrets
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
+
+from serve.constrain import ConstraintError, Grammar, GrammarCompiler, Matcher
 
 # Finish reasons a ticket can end with. "cancelled" carries a reason (client gone, version revoked...).
 STOP, LENGTH, CANCELLED, ERROR = "stop", "length", "cancelled", "error"
@@ -27,19 +37,28 @@ class SamplingParams:
     temperature: float = 0.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
+    seed: int | None = None              # sampling only; None: a fresh random seed per request
+    logprobs: bool = False
+    top_logprobs: int = 0
+    frequency_penalty: float = 0.0       # OpenAI's additive penalties, over the tokens generated so far
+    presence_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    grammar: Grammar | None = None       # response_format json_object / json_schema
 
     @property
     def sampled(self) -> bool:
         """Below MIN_SAMPLING_TEMPERATURE decoding is greedy: sampling there all but always picks the argmax,
-        and dividing logits by e.g. 1e-300 overflows to inf and makes sampling fail for the whole batch."""
+        and dividing logits by e.g. 1e-300 overflows to inf."""
         return self.temperature >= MIN_SAMPLING_TEMPERATURE
 
-    @property
-    def batch_key(self) -> tuple[bool, float, float]:
-        """Requests share a ``generate`` call only with the same sampling settings (they apply batch-wide)."""
-        if not self.sampled:
-            return (False, 0.0, 1.0)
-        return (True, self.temperature, self.top_p)
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability and the ``top`` most likely tokens at its position."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,6 +80,11 @@ class Ticket:
         self.prompt_ids = prompt_ids
         self.params = params
         self.tokens: list[int] = []          # generated tokens, without a final eos
+        self.logprobs: list[TokenLogprob] = []  # one per token in ``tokens`` when params.logprobs
+        self.matcher: Matcher | None = None  # the grammar state, when params.grammar
+        self.generator: Any = None           # the row's torch.Generator, when sampling
+        self._chosen: TokenLogprob | None = None  # set by _ChooseRows, recorded by push
+        self._ends: list[int] = []           # character offset where each token's text ends (token_pieces)
         self.completion_tokens = 0           # every generated token, eos included (what usage reports)
         self.finish_reason: str | None = None
         self.cancel_reason: str | None = None
@@ -93,6 +117,9 @@ class Ticket:
                 self._finish_locked(STOP)
                 return True
             self.tokens.append(token)
+            if self.params.logprobs:
+                chosen = self._chosen if self._chosen is not None and self._chosen.token == token else None
+                self.logprobs.append(chosen or TokenLogprob(token, float("nan")))
             if self.params.stop and engine.tail_has_stop(self.tokens, self.params.stop):
                 self._finish_locked(STOP)
             elif self.completion_tokens >= self.params.max_new_tokens:
@@ -149,6 +176,9 @@ class Engine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         # Fast tokenizers raise "Already borrowed" when two threads encode at once; decoding is read-only.
         self._encode_lock = threading.Lock()
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        self.vocab_size = int(getattr(head, "out_features", 0) or model.config.vocab_size)
+        self.grammars = GrammarCompiler(tokenizer, self.eos_ids, self.vocab_size)
 
     @classmethod
     def load(cls, path: str | Path, *, torch_threads: int | None = None) -> "Engine":
@@ -168,6 +198,23 @@ class Engine:
     @property
     def parameter_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    def token_pieces(self, ticket: Ticket, count: int) -> list[str]:
+        """The text of each of the first ``count`` tokens, cut so that the pieces add up to the decoded reply
+        (a piece is empty while a multi-byte character is still incomplete)."""
+        ends = ticket._ends
+        for i in range(len(ends), count):
+            text = self.decode(ticket.tokens[:i + 1])
+            if i + 1 < len(ticket.tokens):
+                text = text.rstrip("\ufffd")  # the rest of the character comes with the next token
+            ends.append(max(len(text), ends[-1] if ends else 0))
+        full = self.decode(ticket.tokens[:count])
+        return [full[(ends[i - 1] if i else 0):ends[i]] for i in range(count)]
+
+    def token_bytes(self, token: int) -> bytes:
+        """The token's raw bytes (a token may hold part of a UTF-8 character: OpenAI's logprobs ``bytes``)."""
+        raw = self.grammars.token_bytes(token)
+        return raw if raw is not None else self.tokenizer.decode([token], skip_special_tokens=False).encode()
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         # Render to text, then tokenize without extra specials: the template already has its turn markers.
@@ -204,15 +251,20 @@ class Engine:
                           ticket.finish_reason or LENGTH)
 
     def run_batch(self, tickets: list[Ticket]) -> None:
-        """Generate for every ticket (same ``batch_key``) in one ``model.generate``; tickets end in any state."""
+        """Generate for every ticket in one ``model.generate`` (each with its own settings, ``_ChooseRows``);
+        tickets end in any state."""
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
         live = [t for t in tickets if not t.done]
         if not live:
             return
         for t in live:
             t.start()
+            self._prepare(t)
+        live = [t for t in live if not t.done]
+        if not live:
+            return
         engine = self
 
         class _Rows(StoppingCriteria):
@@ -227,18 +279,93 @@ class Engine:
                            device=self.device)
         mask = torch.tensor([[0] * (width - len(t.prompt_ids)) + [1] * len(t.prompt_ids) for t in live],
                             device=self.device)
-        params = live[0].params
+        # Greedy over the scores _ChooseRows leaves (only its chosen token is finite): generate takes that token.
         kwargs: dict[str, Any] = {"max_new_tokens": max(t.params.max_new_tokens for t in live),
                                   "eos_token_id": sorted(self.eos_ids), "pad_token_id": self.pad_id,
-                                  "stopping_criteria": StoppingCriteriaList([_Rows()])}
-        if params.sampled:
-            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=None)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+                                  "stopping_criteria": StoppingCriteriaList([_Rows()]),
+                                  "logits_processor": LogitsProcessorList([_ChooseRows(live)]),
+                                  "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         with torch.inference_mode():
             self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         for t in live:  # generate stopped at the batch's max_new_tokens: rows not ended by _Rows hit theirs
             t.finish(CANCELLED if t.cancel_reason else LENGTH)
+
+
+    def _prepare(self, t: Ticket) -> None:
+        """The row's generator and grammar state; a grammar that cannot be set up fails this row only."""
+        import torch
+
+        if t.params.sampled and t.generator is None:
+            seed = t.params.seed if t.params.seed is not None else secrets.randbits(63)
+            t.generator = torch.Generator(device=self.device).manual_seed(seed)
+        if t.params.grammar is not None and t.matcher is None:
+            try:
+                t.matcher = self.grammars.matcher(t.params.grammar)
+            except ConstraintError as err:
+                t.finish(ERROR, err)
+
+
+class _ChooseRows:
+    """A logits processor that picks each row's next token (see the module docstring) and leaves only that token
+    finite, so ``generate``'s greedy step takes it."""
+
+    def __init__(self, tickets: list[Ticket]) -> None:
+        self.tickets = tickets
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        out = torch.full_like(scores, float("-inf"))
+        for i, t in enumerate(self.tickets):
+            if t.done:
+                out[i, 0] = 0.0  # generate pads finished rows anyway
+                continue
+            try:
+                token = self._choose(t, scores[i].float())
+            except Exception as err:  # noqa: BLE001 - one row's failure (grammar) must not end the others
+                t.finish(ERROR, err)
+                out[i, 0] = 0.0
+                continue
+            out[i, token] = 0.0
+        return out
+
+    @staticmethod
+    def _choose(t: Ticket, raw: Any) -> int:
+        import torch
+
+        p = t.params
+        logits = raw
+        if p.logit_bias:
+            logits = logits.clone()
+            ids = torch.tensor([i for i, _ in p.logit_bias], device=raw.device)
+            logits[ids] += torch.tensor([b for _, b in p.logit_bias], device=raw.device, dtype=logits.dtype)
+        if (p.frequency_penalty or p.presence_penalty) and t.tokens:
+            counts = torch.bincount(torch.tensor(t.tokens, device=raw.device), minlength=raw.numel())[:raw.numel()]
+            logits = logits - p.frequency_penalty * counts - p.presence_penalty * (counts > 0)
+        if t.matcher is not None:
+            allowed = t.matcher.allowed(raw.numel()).to(raw.device)
+            if not bool(allowed.any()):
+                raise ConstraintError("constrained decoding reached a state with no allowed token")
+            logits = logits.masked_fill(~allowed, float("-inf"))
+        if p.sampled:
+            probs = torch.softmax(logits / p.temperature, dim=-1)
+            if p.top_p < 1.0:  # nucleus: the most likely tokens until their mass reaches top_p (at least one)
+                sorted_p, order = probs.sort(descending=True)
+                sorted_p[(sorted_p.cumsum(0) - sorted_p) >= p.top_p] = 0.0
+                probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
+            token = int(torch.multinomial(probs, 1, generator=t.generator))
+        else:
+            token = int(logits.argmax())
+        if t.matcher is not None:
+            t.matcher.consume(token)
+        if p.logprobs:
+            lp = torch.log_softmax(raw, dim=-1)
+            top: tuple[tuple[int, float], ...] = ()
+            if p.top_logprobs:
+                values, ids = lp.topk(min(p.top_logprobs, lp.numel()))
+                top = tuple(zip(ids.tolist(), values.tolist()))
+            t._chosen = TokenLogprob(token, float(lp[token]), top)
+        return token
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -23,6 +23,7 @@ from gates.registry import Registry
 from gates.s3 import RegistryError
 from harmgate.config import FeedbackConfig
 from serve.completion_log import CompletionLog, owner_id
+from serve.errors import RequestProblem
 from serve.ratelimit import TokenBucket
 from serve.schemas import first_error
 from serve.spool import Spool
@@ -98,8 +99,6 @@ class FeedbackService:
 
     # -- the route -----------------------------------------------------------------------------------
     def register(self, app: Flask) -> None:
-        from serve.app import RequestProblem  # the app's error type (serve.app does not import this module)
-
         config = self.config
 
         @app.post(FEEDBACK_PATH)

@@ -8,7 +8,9 @@ Streaming (``StreamGate``): text is released one sentence at a time, and only af
 the end of that sentence* scored under the threshold, so no unmoderated character is ever sent. If a later
 sentence tips the score over, generation stops and the refusal is sent in place of the rest; the sentences
 already sent had passed moderation as they stood. ``stream_granularity: reply`` holds the whole reply until it
-is scored instead (no partial text at all, at the cost of streaming's latency benefit).
+is scored instead (no partial text at all, at the cost of streaming's latency benefit). Log-probabilities are
+released with the text they belong to and never ahead of it (serve/app.py); alternative tokens
+(``top_logprobs``) are model text too and go through ``StreamGate.check_extra`` before they are sent.
 """
 
 from __future__ import annotations
@@ -119,6 +121,18 @@ class StreamGate:
             return "", result
         delta, self.released = text[self.released:end], end
         return delta, None
+
+
+    def check_extra(self, text: str) -> ModerationResult | None:
+        """Score other model text sent along with the released reply (the alternative tokens of top_logprobs);
+        the blocking result if it is flagged (then it is also ``last``), else None."""
+        if not text.strip():
+            return None
+        result = self.moderator.check(text)
+        if not result.flagged:
+            return None
+        self.last = result
+        return result
 
 
 def load_scorer(config: RunConfig) -> TextScorer:

@@ -13,12 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from harmgate.config import ServiceConfig
+from serve.feedback import FEEDBACK_PATH, FeedbackRequest
 from serve.schemas import ChatRequest
 
 OPENAPI_PATH = "/openapi.json"
+MODEL_PATH = "/v1/models/<path:model_id>"  # Flask's rule; the document writes it /v1/models/{model_id}
 
 
 # -- response bodies (serve/responses.py and serve/app.py build them; the fuzz test checks each against these) --
@@ -28,9 +30,11 @@ class _Body(BaseModel):
 
 class ErrorDetail(_Body):
     message: str
-    type: str
-    param: str | None
-    code: str | None
+    type: str = Field(description="invalid_request_error (the client can fix it), server_error, requests (429)")
+    param: str | None = Field(description="the request field at fault, e.g. tools or messages[0].content[1].type")
+    code: str | None = Field(description="OpenAI's codes: unsupported_parameter, unknown_parameter, invalid_value, "
+                                         "invalid_json, context_length_exceeded, invalid_api_key, model_not_found, "
+                                         "request_too_large, rate_limit_exceeded, service_unavailable")
 
 
 class ErrorBody(_Body):
@@ -48,11 +52,28 @@ class Moderation(_Body):
 class AssistantMessage(_Body):
     role: Literal["assistant"]
     content: str
+    refusal: str | None = None  # the moderation refusal, when finish_reason is content_filter
+
+
+class TopLogprob(_Body):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class Logprobs(_Body):
+    content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None = None
 
 
 class Choice(_Body):
     index: int
     message: AssistantMessage
+    logprobs: Logprobs | None = None
     finish_reason: str
     moderation: Moderation
 
@@ -68,6 +89,7 @@ class ChatCompletion(_Body):
     object: Literal["chat.completion"]
     created: int
     model: str
+    system_fingerprint: str
     choices: list[Choice]
     usage: Usage
 
@@ -123,8 +145,9 @@ class FeedbackReceipt(_Body):
 
 
 # -- operations ------------------------------------------------------------------------------------------------
-ERRORS = {400: "invalid request (the message names the field)", 401: "missing or invalid API key",
-          404: "not found", 413: "body over service.max_body_bytes", 429: "queue full, retry later",
+ERRORS = {400: "invalid request or a field this service does not support (param names it)",
+          401: "missing or invalid API key (code invalid_api_key)",
+          404: "not found (code model_not_found for a model this service does not serve)", 413: "body over service.max_body_bytes", 429: "queue full, retry later",
           500: "generation failed", 503: "no approved version is being served"}
 
 
@@ -136,6 +159,7 @@ class Operation:
     responses: dict[int, Any]  # status -> a response model, a media type string, or None (errors: ErrorBody)
     request: type[BaseModel] | None = None
     tags: tuple[str, ...] = field(default=("service",))
+    path_params: tuple[tuple[str, str], ...] = ()  # (name, description), each a string in the path
 
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -144,6 +168,9 @@ OPERATIONS: tuple[Operation, ...] = (
               request=ChatRequest, tags=("model",)),
     Operation("get", "/v1/models", "The served version, its gate decision, moderation and limits",
               {200: ModelList, 401: None, 503: None}, tags=("model",)),
+    Operation("get", "/v1/models/{model_id}", "One model by id (name:version, or the name)",
+              {200: ModelCard, 401: None, 404: None, 503: None}, tags=("model",),
+              path_params=(("model_id", "the served model's id (name:version) or name"),)),
     Operation("get", "/healthz", "Liveness (200 while the process runs)", {200: Health}),
     Operation("get", "/readyz", "Readiness: 200 while an approved version is served", {200: Ready, 503: NotReady}),
     Operation("get", "/metrics", "Prometheus metrics", {200: "text/plain"}),
@@ -157,8 +184,6 @@ def optional_operations(service: ServiceConfig) -> tuple[Operation, ...]:
     """Routes that exist only when their feature is switched on: POST /v1/feedback (serve/feedback.py)."""
     if not service.feedback.enabled:
         return ()
-    from serve.feedback import FEEDBACK_PATH, FeedbackRequest
-
     return (Operation("post", FEEDBACK_PATH, "Rate (good/bad) a completion this service returned to the same key",
                       {201: FeedbackReceipt, 400: None, 401: None, 404: None, 429: None, 503: None},
                       request=FeedbackRequest, tags=("feedback",)),)
@@ -204,12 +229,16 @@ def openapi_document(service: ServiceConfig, *, protected: tuple[str, ...], vers
                                                for s, spec in op.responses.items()}}
         if op.path.startswith(protected):
             entry["security"] = [{"bearer": []}]
+        if op.path_params:
+            entry["parameters"] = [{"name": name, "in": "path", "required": True, "description": text,
+                                    "schema": {"type": "string", "minLength": 1}} for name, text in op.path_params]
         if op.request is not None:
             entry["requestBody"] = {"required": True, "content": {
                 "application/json": {"schema": _ref(op.request, components)}}}
         paths.setdefault(op.path, {})[op.method] = entry
     # This service's own settings, which the routes enforce (a larger max_tokens, another category: 400).
-    _constrain(components, "ChatRequest", "max_tokens", "integer", maximum=service.max_new_tokens)
+    for limit in ("max_tokens", "max_completion_tokens"):
+        _constrain(components, "ChatRequest", limit, "integer", maximum=service.max_new_tokens)
     _constrain(components, "FeedbackRequest", "category", "string", enum=list(service.feedback.categories))
     return {
         "openapi": "3.1.0",

@@ -2,20 +2,25 @@
 
 Every ``registry_poll_s`` seconds (one background thread per process):
 
-1. If the served version is revoked, its approval no longer verifies, or it vanished from the registry, it is
-   withdrawn at once: requests get 503 with the reason, in-flight ones are cancelled.
+1. If the served version is revoked, its signature no longer verifies (or its key was retired past its grace
+   date), or it vanished from the registry, it is withdrawn at once: requests get 503 with the reason,
+   in-flight ones are cancelled.
 2. The target is the pinned version, or else the newest approved, unrevoked one. If that is not what is served,
    it is downloaded, verified (every sha256 and the signature, as at startup) and loaded *in this thread* while
    the current version keeps answering, then installed in one step.
+3. The served version's objects in the bucket are compared with the verified cached copy
+   (``Registry.bucket_drift``); a difference is logged as a warning on every tick (the cached copy still
+   matches the signed statement, so it stays served).
 
-A version seen revoked stays refused, even if its ``revoked.json`` later disappears (only a bucket writer can
-delete it; the approval's HMAC does not cover revocation): remembered in ``<cache_dir>/<name>/.revoked.json``,
-so restarts on the same cache remember it too. A version whose approval
-does not verify (forged, or its manifest swapped) is logged once and never loaded.
+Revocations come from the signed revocation list, as ``Registry.revocation_state`` accepts it for this node's
+cache: a replayed older list or a deleted one leaves the newest accepted list in force (and is logged), a
+version once seen revoked stays refused, and a node that never accepted a list serves nothing (fail closed).
+A version refused by a check (signature, manifest digest, unknown/retired key, legacy HMAC approval) is
+logged once per state, naming the check, and never loaded.
 
 If the store cannot be reached, nothing changes: the current version keeps being served (it was verified when
 loaded), the failure is logged once per outage and counted. A version that fails to load is not retried until
-the registry lists it differently (e.g. re-approved), so a bad upload does not cause a reload loop.
+the registry lists it differently (e.g. re-signed), so a bad upload does not cause a reload loop.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gates.registry import ApprovedModel, Registry, RegistryError, remember_revoked, revoked_in_cache
+from gates.registry import ApprovedModel, Registry, RegistryError
 from serve.metrics import Metrics
 from serve.slot import ModelSlot, Served
 
@@ -37,11 +42,18 @@ def unservable(row: dict[str, Any] | None) -> str | None:
     """Why a listed version must not be served (None: it may)."""
     if row is None:
         return "is no longer in the registry"
+    if not row.get("revocations_usable", True):
+        return f"cannot be checked against the revocation list (revocation check): {row.get('revocation_problem')}"
     if row.get("revoked"):
         return f"was revoked: {row.get('revoked_reason') or 'no reason given'}"
     if not row.get("approved"):
-        return f"is no longer approved (signature {row.get('signature')})"
+        return f"is no longer approved (signature {row.get('signature')}; {row.get('check')} check: {row.get('problem')})"
     return None
+
+
+def refusal_line(name: str, row: dict[str, Any]) -> str:
+    """The log line for a version a check refused: which check, and why."""
+    return f"refusing {name}:{row['version']} ({row.get('check')} check): {row.get('problem')}; never served"
 
 
 class RegistryWatcher:
@@ -56,10 +68,8 @@ class RegistryWatcher:
         self.interval_s = interval_s
         self.metrics = metrics
         self._failed: dict[str, str] = {}  # version -> the listing row it failed with (as text)
-        # version -> why: once revoked, always refused (also remembered in the cache folder, for restarts)
-        self._revoked: dict[str, str] = {version: str(seen.get("reason"))
-                                         for version, seen in revoked_in_cache(self.cache_dir, name).items()}
         self._warned: set[tuple[str, str]] = set()  # (version, signature state) already logged
+        self._revocation_problem: str | None = None
         self._store_down = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -83,7 +93,7 @@ class RegistryWatcher:
 
     def poll_once(self) -> None:
         try:
-            rows = {r["version"]: r for r in self.registry.list_versions(self.name)}  # oldest first
+            rows = {r["version"]: r for r in self.registry.list_versions(self.name, self.cache_dir)}  # oldest first
         except RegistryError as err:
             self.metrics.registry_poll_errors.inc()
             if not self._store_down:
@@ -96,7 +106,7 @@ class RegistryWatcher:
             log.info("registry reachable again")
             self._store_down = False
 
-        self._remember(rows)
+        self._log_refusals(rows)
         servable = [v for v, row in rows.items() if self._unservable(v, row) is None]
         target = self.pinned or (servable[-1] if servable else None)
         served, _ = self.slot.get()
@@ -113,6 +123,7 @@ class RegistryWatcher:
                 self.slot.set_reason(self._nothing_to_serve(rows))
             return
         if served is not None and served.version == target:
+            self.check_bucket(served.model)
             return
         stamp = repr(sorted(rows.get(target, {}).items()))
         if self._failed.get(target) == stamp:
@@ -135,29 +146,35 @@ class RegistryWatcher:
                  f", replacing {old.label}" if old else "")
 
     def _unservable(self, version: str, row: dict[str, Any] | None) -> str | None:
-        if version in self._revoked:
-            return f"was revoked: {self._revoked[version]}"
         return unservable(row)
 
-    def _remember(self, rows: dict[str, dict[str, Any]]) -> None:
-        """Make revocations sticky; log each version whose approval does not verify, once per state."""
+    def _log_refusals(self, rows: dict[str, dict[str, Any]]) -> None:
+        """Log a revocation-list problem once per problem, and each version a check refuses once per state."""
+        problem = next((r.get("revocation_problem") for r in rows.values()), None)
+        if problem and problem != self._revocation_problem:
+            log.error("revocation check: %s", problem)
+        self._revocation_problem = problem
         for version, row in rows.items():
-            if row.get("revoked") and version not in self._revoked:
-                self._revoked[version] = row.get("revoked_reason") or "no reason given"
-                remember_revoked(self.cache_dir, self.name, version, self._revoked[version])
-            elif not row.get("revoked") and version in self._revoked and (version, "unrevoked") not in self._warned:
-                self._warned.add((version, "unrevoked"))
-                log.error("refusing %s:%s: it was revoked (%s) and its revocation record has since disappeared "
-                          "from the registry", self.name, version, self._revoked[version])
             state = row.get("signature")
             if state not in ("valid", "unverified") and (version, state) not in self._warned:
                 self._warned.add((version, state))
                 if state == "missing":
-                    log.info("ignoring %s:%s until it is approved (no approval record: a publish not finished, "
-                             "or stopped by a failure; rerunning it completes it)", self.name, version)
+                    log.info("ignoring %s:%s until it is signed (no model.sig: a publish not finished, or stopped "
+                             "by a failure; rerunning it completes it)", self.name, version)
                 else:
-                    log.warning("ignoring %s:%s: its approval is %s (never served; a forged approval or a "
-                                "manifest changed after approval reads as invalid)", self.name, version, state)
+                    log.warning(refusal_line(self.name, row))
+
+    def check_bucket(self, model: ApprovedModel) -> None:
+        """Warn when the bucket no longer matches the verified cached copy being served."""
+        try:
+            drift = self.registry.bucket_drift(model)
+        except RegistryError:
+            return  # the store being down is reported by the poll itself
+        if drift:
+            self.metrics.model_events.labels("bucket_drift").inc()
+            log.warning("bucket no longer matches the verified cached copy of %s:%s in %s: %s; still serving the "
+                        "cached copy (it matches the signed statement); find out who wrote to the bucket",
+                        model.name, model.version, model.local_dir, "; ".join(drift))
 
     def _nothing_to_serve(self, rows: dict[str, dict[str, Any]]) -> str:
         _, reason = self.slot.get()

@@ -9,19 +9,31 @@ variables are removed for the session so a developer's exported keys cannot shad
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from gates.keys import SIGNING_KEY_FILE, TRUST_FILE, generate
 from gates.store import StoreInfo, store_down, store_up
 from harmgate.config import StoreConfig
 
 __all__ = ["s3_store", "s3_store_info", "signing_key"]  # fixtures only (conftest star-imports)
 
-# One key for the whole session: versions published by session fixtures must verify in every test.
-SIGNING_KEY = "test-" + secrets.token_hex(24)
+# One key pair for the whole session: versions published by session fixtures must verify in every test. The
+# trust file (public key only) is exported for the session, as on a serving node; the private key only where a
+# test publishes (the ``signing_key`` fixture, ``SIGNING_KEY`` in a publisher's environment).
+KEYS_DIR = Path(tempfile.mkdtemp(prefix="harmgate-test-keys-"))
+atexit.register(shutil.rmtree, KEYS_DIR, True)
+SESSION_KEY = generate(KEYS_DIR, label="test session")
+SIGNING_KEY = (KEYS_DIR / SIGNING_KEY_FILE).read_text()  # PEM private key: the value of $HARMGATE_SIGNING_KEY
+TRUST_FILE_PATH = str(KEYS_DIR / TRUST_FILE)
+os.environ[StoreConfig().trust_file_env] = TRUST_FILE_PATH
 
 
 def free_port() -> int:

@@ -169,11 +169,13 @@ def test_leakage_removed_counted_and_checked(tmp_path):
     cfg = config({"id": str(write_jsonl(tmp_path / "l.jsonl", rows)), "format": "hh"})
     evals = ["  how do i pick a LOCK? ", "unrelated"]
     mix = build_mixture(cfg, eval_prompts=evals)
-    assert mix.manifest["sources"][0]["skipped"] == {"eval_leak": 1}  # only the FIRST user turn counts
+    # Every user turn counts (issue #14): the third dialogue's last turn asks the eval prompt, and its trained
+    # reply answers it.
+    assert mix.manifest["sources"][0]["skipped"] == {"eval_leak": 2}
     assert mix.manifest["eval_prompts_checked"] == 2
-    assert len(mix.examples) == 2
+    assert len(mix.examples) == 1
     check_no_leakage(mix.examples, evals)
-    with pytest.raises(DataLeakError, match="1 training example"):
+    with pytest.raises(DataLeakError, match="2 training example"):
         check_no_leakage(build_mixture(cfg).examples, evals)
 
 

@@ -83,7 +83,7 @@ def test_system_prompt_is_rendered_first_and_merged_with_a_conversations_own(tin
 
 def test_prompted_arm_runs_the_base_with_the_prompt_and_skips_raw_suites(tmp_path, shared_data, tiny_model_dir,
                                                                         monkeypatch):
-    from evals.runner import evaluate_arm, write_summary
+    from evals.runner import arm_order, evaluate_arm, write_summary
     from harmgate.rundir import create_run_dir, read_json
 
     monkeypatch.setenv("HARMGATE_DATA_MIRROR", str(shared_data))
@@ -99,8 +99,14 @@ def test_prompted_arm_runs_the_base_with_the_prompt_and_skips_raw_suites(tmp_pat
     })
     run = create_run_dir(config, tmp_path / "run")
     lexicon = type("Lexicon", (), {"name": "zero", "score": lambda self, texts: [0.0] * len(texts)})
+    # the arms on the base model run next to each other and share one loaded model
+    assert arm_order(run, config, ("base", "tuned", "prompted")) == ("base", "prompted", "tuned")
+    loaded: dict = {}
+    models = []
     for arm in ("base", "prompted"):
-        evaluate_arm(run, config, arm, toxicity_factory=lexicon)
+        evaluate_arm(run, config, arm, toxicity_factory=lexicon, loaded=loaded)
+        models.append(loaded["model"])
+    assert models[0] is models[1] and loaded["ref"] == str(tiny_model_dir)
     summary = write_summary(run, config)
 
     prompted = read_json(run.eval_result("prompted", "advbench_refusal"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import shutil
@@ -10,13 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from gates.manifest import SigningKeyMissing, digest, sign_approval
+from gates.signer import SigningKeyMissing
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gates.manifest import digest
 from gates.publish import publish_run
 from gates.registry import (IntegrityError, NotApproved, Registry, RegistryError, Revoked, StoreUnavailable,
                             VersionNotFound)
 from harmgate.config import StoreConfig, parse_config
 from harmgate.rundir import create_run_dir, read_json, write_json
-from tests.store_fixtures import free_port
+from gates.trust import TrustError, TrustStore, pae
+from tests.store_fixtures import SESSION_KEY, free_port
 
 PASSED = {"passed": True, "kpis": [{"name": "harm", "passed": True, "value": 0.01}]}
 
@@ -41,6 +47,10 @@ def _publish(registry: Registry, model_dir: Path, name: str, version: str, **ext
                             base_model="base/model", version=version, **extra)
 
 
+def _put(registry: Registry, key: str, data: bytes) -> None:
+    registry.objects.client.put_object(Bucket=registry.objects.bucket, Key=key, Body=data)
+
+
 def _flip_byte(registry: Registry, key: str) -> None:
     client, bucket = registry.objects.client, registry.objects.bucket
     data = bytearray(client.get_object(Bucket=bucket, Key=key)["Body"].read())
@@ -52,15 +62,22 @@ def test_publish_fetch_round_trip(s3_store, signing_key, tiny_model_dir, tmp_pat
     registry, name = Registry(s3_store), _name()
     record = _publish(registry, tiny_model_dir, name, "v1")
     assert record["bucket"] == s3_store.bucket and record["endpoint"] == s3_store.endpoint_url
-    assert record["approval_key"] == f"models/{name}/v1/approval.json"
+    assert record["signature_key"] == f"models/{name}/v1/model.sig"
+    assert record["manifest_key"] == f"models/{name}/v1/files/harmgate/manifest.json"
 
-    # Objects carry their sha256; the manifest holds everything the brief requires.
+    # Objects carry their sha256; the manifest holds everything the brief requires; the statement names the
+    # manifest digest, the config digest and the code commit.
     shown = registry.show(name, "v1")
-    assert shown["approval_status"] == "valid" and shown["revoked"] is None
+    assert shown["signature_status"] == "valid" and shown["revoked"] is None and shown["check"] is None
     manifest = shown["manifest"]
     assert manifest["base_model"] == "base/model" and manifest["verdict"] == PASSED
     assert manifest["provenance"]["sources"][0]["licence"] == "MIT" and "git_commit" in manifest
-    assert manifest["created_at"] and shown["manifest_sha256"] == record["manifest_sha256"]
+    assert manifest["created_at"] and shown["statement"]["manifest_sha256"] == record["manifest_sha256"]
+    assert shown["statement"]["config_sha256"] == digest({"name": name})
+    assert shown["statement"]["git_commit"] == manifest["git_commit"]
+    assert shown["key_id"] == SESSION_KEY.key_id
+    records = {e["path"] for e in manifest["files"] if e["path"].startswith("harmgate/")}
+    assert records == {"harmgate/verdict.json", "harmgate/data_manifest.json"}
     weights = next(e for e in manifest["files"] if e["path"] == "model.safetensors")
     head = registry.objects.client.head_object(Bucket=s3_store.bucket, Key=f"models/{name}/v1/files/model.safetensors")
     assert head["Metadata"]["sha256"] == weights["sha256"] and head["ContentLength"] == weights["size"]
@@ -68,7 +85,9 @@ def test_publish_fetch_round_trip(s3_store, signing_key, tiny_model_dir, tmp_pat
     model = registry.fetch_verified(name, "v1", tmp_path / "cache")
     assert model.local_dir == tmp_path / "cache" / name / "v1" and model.manifest_sha256 == record["manifest_sha256"]
     for entry in manifest["files"]:
-        assert (model.local_dir / entry["path"]).read_bytes() == (tiny_model_dir / entry["path"]).read_bytes()
+        if not entry["path"].startswith("harmgate/"):
+            assert (model.local_dir / entry["path"]).read_bytes() == (tiny_model_dir / entry["path"]).read_bytes()
+    assert json.loads((model.local_dir / "harmgate" / "verdict.json").read_text()) == PASSED
     assert not list((tmp_path / "cache" / name).glob(".*partial*")), "the temp download folder must be gone"
 
     # A second fetch reuses the cache (same inode, no download) after re-verifying it.
@@ -112,9 +131,10 @@ def test_tampered_object_in_s3_is_detected(s3_store, signing_key, tmp_path):
         registry.fetch_verified(name, "v1", tmp_path / "cache")
     assert not (tmp_path / "cache" / name / "v1").exists(), "a failed download must not leave a cache entry"
     registry.objects.client.delete_object(Bucket=s3_store.bucket, Key=f"models/{name}/v1/files/sub/tokenizer.json")
-    with pytest.raises(IntegrityError, match=r"sub/tokenizer\.json is in the manifest but missing"):
+    with pytest.raises(IntegrityError, match=r"sub/tokenizer\.json is signed but missing"):
         registry.fetch_verified(name, "v1", tmp_path / "cache")
-    assert not list((tmp_path / "cache" / name).iterdir()), "no partial download left behind"
+    left = [p.name for p in (tmp_path / "cache" / name).iterdir()]
+    assert left == [".revocations.json"], "no partial download left behind (only the revocation list accepted)"
 
 
 def test_tampered_local_cache_is_detected(s3_store, signing_key, tmp_path):
@@ -139,49 +159,64 @@ def test_tampered_local_cache_is_detected(s3_store, signing_key, tmp_path):
         registry.fetch_verified(name, "v1", tmp_path / "cache")
 
 
-def test_forged_approval_is_rejected(s3_store, signing_key, tmp_path):
+def test_forged_statement_and_copied_signature_are_rejected(s3_store, signing_key, tmp_path):
     registry, name = Registry(s3_store), _name()
     _publish(registry, _model(tmp_path, "good"), name, "v1")
-    # An attacker with bucket write access but without the key publishes v2 with a self-made approval.
     _publish(registry, _model(tmp_path, "evil"), name, "v2")
-    manifest = registry.show(name, "v2")["manifest"]
-    forged = sign_approval(b"attacker-guess-of-the-key", name=name, version="v2", manifest_sha256=digest(manifest))
-    registry.objects.client.put_object(Bucket=s3_store.bucket, Key=f"models/{name}/v2/approval.json",
-                                       Body=json.dumps(forged).encode())
-    with pytest.raises(NotApproved, match="signature is invalid"):
+    # An attacker with bucket write access re-signs v2 with a key of their own, pretending it is the trusted one:
+    # the bundle names the trusted key id, but the signature is theirs.
+    bundle = json.loads(registry.objects.get_bytes(f"models/{name}/v2/model.sig"))
+    attacker = ec.generate_private_key(ec.SECP256R1())
+    envelope = bundle["dsseEnvelope"]
+    statement = json.loads(base64.b64decode(envelope["payload"]))
+    statement["predicate"]["resources"][0]["digest"] = "00" * 32
+    payload = json.dumps(statement).encode()
+    envelope["payload"] = base64.b64encode(payload).decode()
+    envelope["signatures"][0]["sig"] = base64.b64encode(attacker.sign(
+        pae("application/vnd.in-toto+json", payload), ec.ECDSA(hashes.SHA256()))).decode()
+    _put(registry, f"models/{name}/v2/model.sig", json.dumps(bundle).encode())
+    with pytest.raises(NotApproved, match=r"refused by the signature check: the signature does not verify"):
         registry.fetch_verified(name, "v2", tmp_path / "cache")
-    assert registry.show(name, "v2")["approval_status"] == "invalid"
+    assert registry.show(name, "v2")["signature_status"] == "invalid"
     assert registry.latest_approved(name) == "v1", "a forged newer version must not be chosen"
 
-    # Copying v1's genuine approval onto v2 fails too: the signature covers name, version and manifest.
-    genuine = registry.objects.get_bytes(f"models/{name}/v1/approval.json")
-    registry.objects.client.put_object(Bucket=s3_store.bucket, Key=f"models/{name}/v2/approval.json", Body=genuine)
-    with pytest.raises(NotApproved):
+    # Copying v1's genuine signature onto v2 fails too: the statement is bound to name and version.
+    _put(registry, f"models/{name}/v2/model.sig", registry.objects.get_bytes(f"models/{name}/v1/model.sig"))
+    with pytest.raises(NotApproved, match=r"signed for .*:v1, not .*:v2"):
         registry.fetch_verified(name, "v2", tmp_path / "cache")
 
+    # A truncated signature file, and one by a key nobody trusts.
+    genuine = registry.objects.get_bytes(f"models/{name}/v1/model.sig")
+    _put(registry, f"models/{name}/v1/model.sig", genuine[: len(genuine) // 2])
+    with pytest.raises(NotApproved, match="signature check: the signature file is malformed or truncated"):
+        registry.fetch_verified(name, "v1", tmp_path / "cache")
+    other = Registry(s3_store, trust=TrustStore({}, "empty-trust.json"))
+    _put(registry, f"models/{name}/v1/model.sig", genuine)
+    with pytest.raises(NotApproved, match="unknown key check: signed by key .* not in the trust file"):
+        other.fetch_verified(name, "v1", tmp_path / "cache2")
 
-def test_manifest_edited_after_approval_is_an_integrity_error(s3_store, signing_key, tmp_path):
+
+def test_manifest_edited_after_signing_is_a_manifest_digest_failure(s3_store, signing_key, tmp_path):
     registry, name = Registry(s3_store), _name()
     _publish(registry, _model(tmp_path), name, "v1")
-    # Swap the weights and "fix up" the manifest to match them: the approval still pins the old digest.
+    # Swap the weights and "fix up" the manifest to match them: the statement still pins the old digests.
     _flip_byte(registry, f"models/{name}/v1/files/model.safetensors")
     manifest = registry.show(name, "v1")["manifest"]
     manifest["verdict"] = {"passed": True, "kpis": []}
-    registry.objects.client.put_object(Bucket=s3_store.bucket, Key=f"models/{name}/v1/manifest.json",
-                                       Body=json.dumps(manifest).encode())
-    with pytest.raises(IntegrityError, match="does not match the approved digest"):
+    _put(registry, f"models/{name}/v1/files/harmgate/manifest.json", json.dumps(manifest).encode())
+    with pytest.raises(IntegrityError, match="refused by the manifest digest check: harmgate/manifest.json was "
+                                             "changed after signing"):
         registry.fetch_verified(name, "v1", tmp_path / "cache")
 
 
-def test_fetch_without_signing_key_is_refused(s3_store, signing_key, tmp_path, monkeypatch):
+def test_fetch_needs_only_the_trust_file(s3_store, signing_key, tmp_path, monkeypatch):
     registry, name = Registry(s3_store), _name()
     _publish(registry, _model(tmp_path), name, "v1")
-    monkeypatch.delenv(s3_store.signing_key_env)
-    with pytest.raises(SigningKeyMissing):
-        registry.fetch_verified(name, "v1", tmp_path / "cache")
-    monkeypatch.setenv(s3_store.signing_key_env, "another-key-of-32-bytes-or-so-xx")
-    with pytest.raises(NotApproved):
-        registry.fetch_verified(name, "v1", tmp_path / "cache")
+    monkeypatch.delenv(s3_store.signing_key_env)  # a serving node: public keys only
+    assert Registry(s3_store).fetch_verified(name, "v1", tmp_path / "cache").version == "v1"
+    monkeypatch.delenv(s3_store.trust_file_env)
+    with pytest.raises(TrustError, match="no trust file"):
+        Registry(s3_store).fetch_verified(name, "v1", tmp_path / "cache")
 
 
 def test_revoked_version_is_refused(s3_store, signing_key, tmp_path):
@@ -190,7 +225,9 @@ def test_revoked_version_is_refused(s3_store, signing_key, tmp_path):
     _publish(registry, _model(tmp_path, "2"), name, "v2")
     assert registry.latest_approved(name) == "v2"
     record = registry.revoke(name, "v2", "jailbreak found in red-teaming")
-    assert registry.revoke(name, "v2", "again")["revoked_at"] == record["revoked_at"]  # idempotent
+    assert record["sequence"] == 2, "the first publish wrote sequence 1"
+    again = registry.revoke(name, "v2", "again")
+    assert again["revoked_at"] == record["revoked_at"] and again["sequence"] == 2  # idempotent
     with pytest.raises(Revoked, match="jailbreak found"):
         registry.fetch_verified(name, "v2", tmp_path / "cache")
     assert registry.latest_approved(name) == "v1"
@@ -206,12 +243,12 @@ def test_nothing_approved(s3_store, signing_key, tmp_path):
     assert registry.latest_approved(name) is None and registry.list_versions(name) == []
     with pytest.raises(VersionNotFound):
         registry.fetch_verified(name, "v1", tmp_path / "cache")
-    # An interrupted publish (files and manifest, no approval) is listed but never served.
+    # An interrupted publish (files and manifest, no signature) is listed but never served.
     _publish(registry, _model(tmp_path), name, "v1")
-    registry.objects.client.delete_object(Bucket=s3_store.bucket, Key=f"models/{name}/v1/approval.json")
+    registry.objects.client.delete_object(Bucket=s3_store.bucket, Key=f"models/{name}/v1/model.sig")
     assert registry.latest_approved(name) is None
     assert registry.list_versions(name)[0]["signature"] == "missing"
-    with pytest.raises(NotApproved, match="no approval record"):
+    with pytest.raises(NotApproved, match=r"no signature \(model.sig\)"):
         registry.fetch_verified(name, "v1", tmp_path / "cache")
 
 
@@ -371,7 +408,7 @@ def proxied(s3_store, s3_store_info, signing_key, monkeypatch):
     proxy.close()
 
 
-def test_transient_errors_are_retried_and_approval_is_written_last(proxied, s3_store, tmp_path):
+def test_transient_errors_are_retried_and_signature_is_written_last(proxied, s3_store, tmp_path):
     proxy, store = proxied
     name = _name()
     proxy.fail("PUT", f"/{name}/v1/files/model.safetensors", times=2)  # S3 says "slow down" twice
@@ -380,24 +417,23 @@ def test_transient_errors_are_retried_and_approval_is_written_last(proxied, s3_s
     assert puts == [503, 503, 200], "botocore retried the upload with backoff until it went through"
 
     order = [path for _, path, status in proxy.log if status < 300 and f"/{name}/v1/" in path]
-    approval = max(i for i, p in enumerate(order) if p.endswith("/approval.json"))
-    manifest = max(i for i, p in enumerate(order) if p.endswith("/manifest.json"))
-    assert approval == len(order) - 1 and manifest < approval, "the approval is the very last write"
-    assert all(i < manifest for i, p in enumerate(order) if "/files/" in p), "every file (and its check) first"
+    signature = max(i for i, p in enumerate(order) if p.endswith("/model.sig"))
+    assert signature == len(order) - 1, "the signature is the very last write"
+    assert all(i < signature for i, p in enumerate(order) if "/files/" in p), "every file (and its check) first"
     assert Registry(s3_store).fetch_verified(name, "v1", tmp_path / "cache").version == "v1"
 
 
-def test_persistent_failure_leaves_no_manifest_and_no_approval(proxied, s3_store, tmp_path):
+def test_persistent_failure_leaves_no_manifest_and_no_signature(proxied, s3_store, tmp_path):
     proxy, store = proxied
     name = _name()
-    proxy.fail("PUT", f"/{name}/v1/files/sub/tokenizer.json")  # the last file never uploads
+    proxy.fail("PUT", f"/{name}/v1/files/sub/tokenizer.json")  # the last model file never uploads
     with pytest.raises(StoreUnavailable, match="503"):
         _publish(Registry(store), _model(tmp_path), name, "v1")
     assert len(proxy.requests(f"/{name}/v1/files/sub/tokenizer.json", "PUT")) == store.max_attempts
     direct = Registry(s3_store)
     uploaded = direct.objects.list_keys(f"models/{name}/v1/")
     assert f"models/{name}/v1/files/model.safetensors" in uploaded, "earlier files did upload"
-    assert not any(k.endswith(("manifest.json", "approval.json")) for k in uploaded)
+    assert not any(k.endswith(("manifest.json", "model.sig")) for k in uploaded)
     assert direct.list_versions(name) == [] and direct.latest_approved(name) is None
     with pytest.raises(VersionNotFound):
         direct.fetch_verified(name, "v1", tmp_path / "cache")
@@ -454,7 +490,7 @@ def test_cli_registry_list_show_revoke(s3_store, signing_key, tmp_path):
     runner = CliRunner()
     listed = runner.invoke(app, ["registry", "list", name, "--config", str(cfg)])
     assert listed.exit_code == 0, listed.output
-    assert "v1" in listed.output and "v2" in listed.output and "valid" in listed.output
+    assert "v1" in listed.output and "v2" in listed.output and "signature valid" in listed.output
     revoked = runner.invoke(app, ["registry", "revoke", name, "v2", "--reason", "red team", "--config", str(cfg)])
     assert revoked.exit_code == 0 and registry.latest_approved(name) == "v1"
     shown = runner.invoke(app, ["registry", "show", name, "v2", "--config", str(cfg)])
@@ -475,14 +511,14 @@ def test_publish_run_attaches_a_signed_report(s3_store, signing_key, tmp_path):
     registry = Registry(s3_store)
     html = registry.fetch_attachment(name, "v1", "report.html").decode()
     assert f"<title>harmgate · {name}</title>" in html and "PASSED" in html
-    key = f"models/{name}/v1/report.html"  # where serve/dashboard.py looks for it
+    key = f"models/{name}/v1/files/harmgate/report.html"  # where serve/dashboard.py looks for it
     assert registry.show(name, "v1")["manifest"]["attachments"]["report.html"]["size"] == len(html.encode())
 
-    # A bucket writer without the key swaps the page: refused, because the approved manifest pins its sha256.
+    # A bucket writer without the key swaps the page: refused, because the signed statement pins its sha256.
     registry.objects.client.put_object(Bucket=s3_store.bucket, Key=key, Body=b"<script>alert(1)</script>")
     with pytest.raises(IntegrityError, match="report.html sha256 mismatch"):
         registry.fetch_attachment(name, "v1", "report.html")
     with pytest.raises(RegistryError, match="invalid attachment name"):
-        registry.fetch_attachment(name, "v1", "approval.json")
-    with pytest.raises(VersionNotFound, match="no attachment 'notes.md'"):
+        registry.fetch_attachment(name, "v1", "manifest.json")
+    with pytest.raises(VersionNotFound, match="no signed harmgate/notes.md"):
         registry.fetch_attachment(name, "v1", "notes.md")

@@ -2,10 +2,10 @@
 
 Each case: a service serves v1 of a model; `publish_run` of a new run starts, and a botocore event hook kills the
 SeaweedFS process at one exact call (mid multipart upload, between two files, before the manifest, before the
-approval, or just after the approval was stored but before its response arrived). Then:
+signature, or just after the signature was stored but before its response arrived). Then:
 
 * publish fails with a StoreUnavailable naming the endpoint; the service keeps answering with v1 and stays ready;
-* the store comes back: the new version is not approved (unless the approval itself was stored, which happens only
+* the store comes back: the new version is not approved (unless the signature itself was stored, which happens only
   after every file verified), the service does not switch to it, `fetch_verified` refuses it;
 * rerunning publish resumes the *same* version and approves it, with every file's sha256 equal to the local
   model's; a third run changes nothing; the service then switches to it.
@@ -56,7 +56,7 @@ def big_model(tmp_path_factory) -> Path:
 
 def _arm(registry: Registry, store: KillableStore, phase: str) -> dict:
     """Register the hook that kills the store at ``phase``; returns its state (``fired`` once it did)."""
-    events, state = registry.objects.client.meta.events, {"fired": False, "files_done": [], "approval": False}
+    events, state = registry.objects.client.meta.events, {"fired": False, "files_done": [], "signature": False}
 
     def kill() -> None:
         state["fired"] = True
@@ -74,14 +74,14 @@ def _arm(registry: Registry, store: KillableStore, phase: str) -> dict:
             state["files_done"].append(key)
         elif phase == "before_manifest" and op == "PutObject" and key.endswith("/manifest.json"):
             kill()
-        elif phase == "before_approval" and op == "PutObject" and key.endswith("/approval.json"):
+        elif phase == "before_signature" and op == "PutObject" and key.endswith("/model.sig"):
             kill()
-        elif phase == "after_approval" and op == "PutObject" and key.endswith("/approval.json"):
-            state["approval"] = True
+        elif phase == "after_signature" and op == "PutObject" and key.endswith("/model.sig"):
+            state["signature"] = True
 
     def after(event_name, **_):
-        if phase == "after_approval" and state["approval"] and not state["fired"]:
-            kill()  # the store wrote the approval; its answer is lost with it
+        if phase == "after_signature" and state["signature"] and not state["fired"]:
+            kill()  # the store wrote the signature; its answer is lost with it
             raise ConnectionClosedError(endpoint_url=store.info.endpoint)
 
     events.register("before-parameter-build.s3", before)
@@ -89,7 +89,7 @@ def _arm(registry: Registry, store: KillableStore, phase: str) -> dict:
     return state
 
 
-PHASES = ["mid_multipart_upload", "between_files", "before_manifest", "before_approval", "after_approval"]
+PHASES = ["mid_multipart_upload", "between_files", "before_manifest", "before_signature", "after_signature"]
 
 
 @pytest.mark.parametrize("phase", PHASES)
@@ -111,7 +111,7 @@ def test_store_killed_during_publish(phase, store, big_model, tiny_model_dir, tm
             publish_run(run, registry=registry)
         assert state["fired"] and not store.running()
         version = read_json(run.publish_pending)["version"]
-        assert not run.publish_record.exists(), "publish.json is written only after the approval"
+        assert not run.publish_record.exists(), "publish.json is written only after the signature"
 
         # Store down: the service keeps serving v1 (verified when loaded), ready, and says so once in its log.
         with caplog.at_level("INFO", logger="harmgate.serve"):
@@ -126,7 +126,7 @@ def test_store_killed_during_publish(phase, store, big_model, tiny_model_dir, tm
         store.restart()
         assert store.info.endpoint == endpoint
         reader = Registry(store.config())
-        if phase == "after_approval":
+        if phase == "after_signature":
             # Stored last, after every file verified: this version is complete and may be served.
             assert reader.latest_approved(name) == version
         else:
@@ -136,8 +136,8 @@ def test_store_killed_during_publish(phase, store, big_model, tiny_model_dir, tm
             with caplog.at_level("INFO", logger="harmgate.serve"):
                 svc.handle.watcher.poll_once()
             assert svc.served == "v1"
-            if phase == "before_approval":  # the manifest is there, the approval is not
-                assert f"ignoring {name}:{version} until it is approved" in caplog.text
+            if phase == "before_signature":  # the manifest is there, the signature is not
+                assert f"ignoring {name}:{version} until it is signed" in caplog.text
 
         # Rerun: the same version, completed and approved, byte-identical to the local model.
         record = publish_run(run, registry=Registry(store.config(), multipart_threshold=PART,
@@ -166,7 +166,7 @@ def test_rerun_refuses_a_version_approved_for_other_files(store, tiny_model_dir,
     run = passed_run(tmp_path, cfg, tiny_model_dir)
     first = publish_run(run)
     save_tiny_model(run.merged_model_dir, seed=9)  # the model folder changed after it was published
-    with pytest.raises(Exception, match="already approved .* for other files"):
+    with pytest.raises(Exception, match="already signed .* for other files"):
         publish_run(run)
     from typer.testing import CliRunner
 
@@ -180,7 +180,7 @@ def test_rerun_refuses_a_version_approved_for_other_files(store, tiny_model_dir,
 def test_restart_while_the_store_is_down_serves_the_verified_cache(store, tmp_path, caplog):
     """A service (or a gunicorn worker) restarted during an outage starts on the newest cached copy that still
     verifies offline, never on one this cache saw revoked or one whose bytes changed; revocations are remembered
-    in the cache even if their record later disappears from the bucket."""
+    in the cache even if the signed revocation list later disappears from the bucket."""
     from align.tiny import save_tiny_model
     from serve.bootstrap import StartupError, build_service
     from harmgate.config import load_config
@@ -213,12 +213,12 @@ def test_restart_while_the_store_is_down_serves_the_verified_cache(store, tmp_pa
         build_service(load_config(cfg), bind_host="127.0.0.1")
     weights.write_bytes(original)
 
-    # Store back; a bucket writer deletes v3's revocation record: this cache still refuses v3.
+    # Store back; a bucket writer deletes the revocation list: this cache still refuses v3.
     store.restart()
-    registry.objects.delete(f"models/{name}/v3/revoked.json")
+    registry.objects.delete(f"models/{name}/revocations.json")
     assert registry.latest_approved(name) == "v3"
     with live_service(cfg) as svc:
         assert svc.served == "v2"
     pinned = service_config(tmp_path, name, store.config(max_attempts=1), version="v3")
-    with pytest.raises(StartupError, match=f"{name}:v3 was revoked .* record has since disappeared"):
+    with pytest.raises(StartupError, match=f"{name}:v3 refused by the revocation check: revoked at .*found a jailbreak"):
         build_service(load_config(pinned), bind_host="127.0.0.1")

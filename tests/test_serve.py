@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,22 +56,33 @@ def blocklist_moderation(path: Path, **extra) -> dict:
 
 
 def server_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "HARMGATE_API_KEYS"}
-    return {**env, StoreConfig().signing_key_env: SIGNING_KEY, "PYTHONUNBUFFERED": "1", **extra}
+    """A serving node's environment: the trust file (public keys, exported for the session), never a private key."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HARMGATE_API_KEYS", StoreConfig().signing_key_env)}
+    return {**env, "PYTHONUNBUFFERED": "1", **extra}
 
 
-def publish(store: StoreConfig, model_dir: Path, name: str, version: str, **attachments: bytes) -> None:
+def _as_publisher(store: StoreConfig, action):
+    """Run ``action`` with the publisher's private key in the environment (only the publisher holds it)."""
     saved = os.environ.get(store.signing_key_env)
     os.environ[store.signing_key_env] = SIGNING_KEY
     try:
-        Registry(store).publish(name, model_dir, verdict=PASSED, metrics={}, config={}, provenance={},
-                                base_model="harmgate/tiny-random-llama", version=version,
-                                attachments={k.replace("_", "."): v for k, v in attachments.items()} or None)
+        return action()
     finally:
         if saved is None:
             del os.environ[store.signing_key_env]
         else:
             os.environ[store.signing_key_env] = saved
+
+
+def publish(store: StoreConfig, model_dir: Path, name: str, version: str, **attachments: bytes) -> None:
+    _as_publisher(store, lambda: Registry(store).publish(
+        name, model_dir, verdict=PASSED, metrics={}, config={}, provenance={},
+        base_model="harmgate/tiny-random-llama", version=version,
+        attachments={k.replace("_", "."): v for k, v in attachments.items()} or None))
+
+
+def revoke(store: StoreConfig, name: str, version: str, reason: str) -> dict:
+    return _as_publisher(store, lambda: Registry(store).revoke(name, version, reason))
 
 
 def run_refusing(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -146,13 +158,19 @@ def service(s3_store, tiny_model_dir, tmp_path_factory) -> Iterator[Service]:
     report.write_text("<!doctype html><title>harmgate report</title><h1>KPIs</h1>")
     config = write_config(tmp, NAME, s3_store, registry_poll_s=0.5, max_body_bytes=16384,
                           dashboard_path=str(report), moderation=blocklist_moderation(blocklist))
+    with runner_process(config, tmp / "serve.log") as url:
+        yield Service(url, tmp / "serve.log", blocklist, tmp)
+
+
+@contextmanager
+def runner_process(config: Path, log: Path) -> Iterator[str]:
+    """``python -m serve.runner`` on a free loopback port with API_KEY, until the block ends; yields its URL."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = tmp / "serve.log"
     proc = start_process([sys.executable, "-m", "serve.runner", "--config", str(config), "--port", str(port)], log,
                          server_env(HARMGATE_API_KEYS=API_KEY), url)
     try:
-        yield Service(url, log, blocklist, tmp)
+        yield url
     finally:
         stop_process(proc)
 
@@ -189,7 +207,7 @@ def test_protected_endpoints_need_the_key(service, path, method, header):
     resp = requests.request(method, f"{service.url}{path}", headers=headers, json=CHAT, timeout=30)
     assert resp.status_code == 401, resp.text
     assert resp.headers["WWW-Authenticate"].startswith("Bearer")
-    assert resp.json()["error"]["type"] == "authentication_error"
+    assert resp.json()["error"]["code"] == "invalid_api_key"
 
 
 def test_models_lists_the_verified_version_and_gate(service, s3_store):
@@ -242,7 +260,7 @@ def test_streaming_matches_the_plain_reply(service):
     chunks = events[:-1]
     assert all(c["object"] == "chat.completion.chunk" and c["model"] == f"{NAME}:v1" for c in chunks)
     assert len({c["id"] for c in chunks}) == 1 and chunks[0]["id"].startswith("chatcmpl-")
-    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "", "refusal": None}
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
     assert text == plain["message"]["content"]
     final = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
@@ -380,7 +398,7 @@ def test_dashboard_serves_the_published_report_only_if_it_verifies(s3_store, tin
             handles[name] = build_service(load_config(config), bind_host="127.0.0.1")
         resp = handles["tiny-report"].app.test_client().get("/dashboard")
         assert resp.status_code == 200 and resp.data == page
-        assert resp.headers["X-Harmgate-Report-Source"].endswith("/models/tiny-report/v1/report.html")
+        assert resp.headers["X-Harmgate-Report-Source"].endswith("/models/tiny-report/v1/files/harmgate/report.html")
 
         missing = handles["tiny-noreport"].app.test_client().get("/dashboard")
         message = missing.get_json()["error"]["message"]
@@ -389,7 +407,8 @@ def test_dashboard_serves_the_published_report_only_if_it_verifies(s3_store, tin
 
         # A bucket writer swaps the page: the service is already holding the verified copy...
         client = Registry(s3_store).objects.client
-        client.put_object(Bucket=s3_store.bucket, Key="models/tiny-report/v1/report.html", Body=b"<script>x</script>")
+        client.put_object(Bucket=s3_store.bucket, Key="models/tiny-report/v1/files/harmgate/report.html",
+                          Body=b"<script>x</script>")
         assert handles["tiny-report"].app.test_client().get("/dashboard").data == page
         # ...and a fresh instance refuses the swapped one.
         handles["tiny-report"].close()
@@ -403,7 +422,7 @@ def test_dashboard_serves_the_published_report_only_if_it_verifies(s3_store, tin
 
 # -- revocation and hot swap (in this order, last: they change what the module's server serves) ---------------
 def test_revocation_stops_serving_with_503(service, s3_store):
-    Registry(s3_store).revoke(NAME, "v1", reason="leaks secrets in test")
+    revoke(s3_store, NAME, "v1", "leaks secrets in test")
     # (a Response is falsy when not ok, hence the list)
     [ready] = wait_until(lambda: [r for r in [service.get("/readyz", key=None)] if r.status_code == 503], 15,
                          "503 after the revocation")
@@ -589,9 +608,9 @@ def refusal(monkeypatch, caplog):
 
 def test_refuses_to_start_on_a_pinned_revoked_or_unknown_version(s3_store, tiny_model_dir, tmp_path, refusal):
     publish(s3_store, tiny_model_dir, "tiny-pinned", "v1")
-    Registry(s3_store).revoke("tiny-pinned", "v1", reason="bad")
+    revoke(s3_store, "tiny-pinned", "v1", "bad")
     line = refusal(write_config(tmp_path, "tiny-pinned", s3_store, version="v1"))
-    assert "tiny-pinned:v1 was revoked" in line and line.endswith(": bad")
+    assert "tiny-pinned:v1 refused by the revocation check: revoked at" in line and line.endswith(": bad")
     assert "tiny-pinned:v999 not found" in refusal(write_config(tmp_path, "tiny-pinned", s3_store, version="v999"))
 
 

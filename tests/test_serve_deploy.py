@@ -55,18 +55,28 @@ def test_entrypoint_needs_a_config():
 
 
 def test_entrypoint_reads_secret_files(tmp_path):
-    secret = tmp_path / "signing.key"
+    secret = tmp_path / "api.key"
     secret.write_text("s3cr3t-from-a-file-0123456789\n")
-    env = {k: v for k, v in entry_env(HARMGATE_SIGNING_KEY_FILE=str(secret)).items() if k != "HARMGATE_SIGNING_KEY"}
-    done = run_entry("printenv", "HARMGATE_SIGNING_KEY", env=env)
+    env = {k: v for k, v in entry_env(HARMGATE_API_KEYS_FILE=str(secret)).items() if k != "HARMGATE_API_KEYS"}
+    done = run_entry("printenv", "HARMGATE_API_KEYS", env=env)
     assert done.returncode == 0 and done.stdout == "s3cr3t-from-a-file-0123456789\n"  # trailing newline dropped
-    done = run_entry("printenv", "HARMGATE_SIGNING_KEY_FILE", env=env)
+    done = run_entry("printenv", "HARMGATE_API_KEYS_FILE", env=env)
     assert done.returncode == 1, "the _FILE variable should be unset once read"
 
-    done = run_entry("true", env={**env, "HARMGATE_SIGNING_KEY": "x" * 20})
-    assert done.returncode == 2 and "both HARMGATE_SIGNING_KEY and HARMGATE_SIGNING_KEY_FILE are set" in done.stderr
-    done = run_entry("true", env={**env, "HARMGATE_API_KEYS_FILE": str(tmp_path / "missing")})
-    assert done.returncode == 2 and "HARMGATE_API_KEYS_FILE=" in done.stderr and "not a readable file" in done.stderr
+    done = run_entry("true", env={**env, "HARMGATE_API_KEYS": "x" * 20})
+    assert done.returncode == 2 and "both HARMGATE_API_KEYS and HARMGATE_API_KEYS_FILE are set" in done.stderr
+    done = run_entry("true", env={**env, "HARMGATE_S3_ACCESS_KEY_FILE": str(tmp_path / "missing")})
+    assert done.returncode == 2 and "HARMGATE_S3_ACCESS_KEY_FILE=" in done.stderr and "not a readable file" in done.stderr
+
+
+def test_entrypoint_refuses_a_private_key_on_a_serving_node(tmp_path):
+    """A serving node holds the trust file only; a signing key in its environment is a deployment mistake."""
+    for var in ("HARMGATE_SIGNING_KEY", "HARMGATE_SIGNING_KEY_FILE", "HARMGATE_SIGNING_KEY_COMMAND"):
+        for command in ("serve", "check"):
+            done = run_entry(command, env=entry_env(**{var: "anything"}))
+            assert done.returncode == 2 and f"{var} is set" in done.stderr and "trust file" in done.stderr
+    done = run_entry("printenv", "HARMGATE_SIGNING_KEY", env=entry_env(HARMGATE_SIGNING_KEY="pem"))
+    assert done.returncode == 0, "other commands (e.g. a publish job from the same image) may hold it"
 
 
 def test_entrypoint_check_and_init_bucket(s3_store, tiny_model_dir, tmp_path):
@@ -86,7 +96,7 @@ def test_check_loads_everything_then_exits(s3_store, tiny_model_dir, tmp_path, m
     from serve.runner import main
 
     publish(s3_store, tiny_model_dir, "tiny-check", "v1")
-    monkeypatch.setenv("HARMGATE_SIGNING_KEY", server_env()["HARMGATE_SIGNING_KEY"])
+    monkeypatch.delenv("HARMGATE_SIGNING_KEY", raising=False)  # the trust file (session-wide) is all it needs
     monkeypatch.setenv("HARMGATE_API_KEYS", API_KEY)
     assert main(["--config", str(config_with_blocklist(tmp_path, "tiny-check", s3_store)), "--check"]) == 0
     assert capsys.readouterr().out.strip() == "ok: would serve tiny-check:v1"

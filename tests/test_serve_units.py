@@ -132,32 +132,39 @@ def engine(tiny_model_dir):
     return Engine.load(tiny_model_dir)
 
 
-def test_batcher_groups_by_sampling_settings_and_matches_single_runs(engine):
+def test_batcher_mixes_sampling_settings_and_matches_single_runs(engine):
+    """Settings apply per row: greedy, seeded sampling and logprobs share one batch, and each row gets exactly
+    what it got alone (a seed is repeatable whatever else is in the batch)."""
     from serve.batcher import Batcher
     from serve.engine import SamplingParams
 
     prompts = [engine.encode_chat([{"role": "user", "content": "hi " * i}]) for i in range(1, 5)]
+    settings = [SamplingParams(max_new_tokens=6 + len(p) % 3) for p in prompts]
+    settings.append(SamplingParams(max_new_tokens=5, temperature=0.7, top_p=0.9, seed=11, logprobs=True,
+                                   top_logprobs=2))
+    prompts.append(prompts[0])
     alone = []
-    for p in prompts:
+    for p, params in zip(prompts, settings):
         single = Batcher(engine, max_batch_size=1, wait_s=0, max_queued=4)
-        t = single.submit(p, SamplingParams(max_new_tokens=6 + len(p) % 3))
+        t = single.submit(p, params)
         t.wait(60)
         single.close()
-        alone.append((t.tokens, t.finish_reason))
+        alone.append((t.tokens, t.finish_reason, [lp.token for lp in t.logprobs]))
 
     sizes: list[int] = []
     gate = threading.Event()
     batcher = Batcher(engine, max_batch_size=8, wait_s=0.2, max_queued=8,
                       on_batch=lambda n: (sizes.append(n), gate.wait(10)))
-    tickets = [batcher.submit(p, SamplingParams(max_new_tokens=6 + len(p) % 3)) for p in prompts]
-    sampled = batcher.submit(prompts[0], SamplingParams(max_new_tokens=4, temperature=0.7, top_p=0.9))
+    tickets = [batcher.submit(p, params) for p, params in zip(prompts, settings)]
     gate.set()
-    for t in [*tickets, sampled]:
+    for t in tickets:
         t.wait(60)
     batcher.close()
-    assert sizes == [4, 1]  # the sampled request did not ride along with the greedy ones
-    assert [(t.tokens, t.finish_reason) for t in tickets] == alone
-    assert sampled.finish_reason == "length" and sampled.completion_tokens == 4
+    assert sizes == [5]  # one batch, whatever the settings
+    assert [(t.tokens, t.finish_reason, [lp.token for lp in t.logprobs]) for t in tickets] == alone
+    sampled = tickets[-1]
+    assert sampled.completion_tokens == 5 and len(sampled.logprobs) == len(sampled.tokens)
+    assert all(len(lp.top) == 2 and lp.logprob <= 0 for lp in sampled.logprobs)
 
 
 def test_batcher_backpressure_and_cancellation(engine):
@@ -183,3 +190,25 @@ def test_batcher_backpressure_and_cancellation(engine):
     with pytest.raises(BatcherClosed):
         batcher.submit(prompt, params)
     batcher.join(10)
+
+
+# -- constrained decoding -----------------------------------------------------------------------------------------
+def test_grammar_mask_matches_llguidance_and_refuses_bad_schemas(engine):
+    """serve/constrain.py unpacks llguidance's bitmask itself (no torch.compile): it must agree with llguidance's
+    own per-token view, step by step along a valid reply."""
+    import pytest as _pytest
+
+    from serve.constrain import ConstraintError
+
+    grammar = engine.grammars.compile("json_schema", {"type": "object", "properties": {"ok": {"type": "boolean"}},
+                                                      "required": ["ok"], "additionalProperties": False})
+    matcher = engine.grammars.matcher(grammar)
+    for token in engine.tokenizer.encode('{"ok": true}', add_special_tokens=False):
+        expected = [b == 200 for b in matcher._m.compute_logit_bias()][:engine.vocab_size]
+        allowed = matcher.allowed(engine.vocab_size).tolist()
+        assert allowed == expected + [False] * (engine.vocab_size - len(expected))
+        assert allowed[token], engine.tokenizer.decode([token])
+        matcher.consume(token)
+    assert matcher.allowed(engine.vocab_size).nonzero().flatten().tolist() == sorted(engine.eos_ids)
+    with _pytest.raises(ConstraintError, match="cannot be enforced"):
+        engine.grammars.compile("json_schema", {"type": "strnig"})

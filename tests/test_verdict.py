@@ -266,9 +266,10 @@ def test_production_policy_is_documented_and_blocks_on_issue_6_targets():
     attack_kpis = ["attack_any", "attack_competing_objectives", "attack_encodings", "attack_multi_turn",
                    "attack_system_override", "attack_templates"]
     assert sorted(n for n, k in kpis.items() if k.severity == "block") == sorted([
-        "crows_pairs_bias", "harmful_compliance", "helpfulness_perplexity", "over_refusal", "rtp_toxicity",
+        "crows_pairs_bias", "harmful_compliance", "helpfulness_perplexity", "over_refusal", "rtp_chat_toxicity",
         *attack_kpis])
-    planned = {"toxicity_rtp", "toxicity_bold", "harmful_compliance", "over_refusal", "hh_preference",
+    assert kpis["rtp_toxicity"].severity == "warn"  # raw-text form: reported, the chat form blocks (issue #14)
+    planned = {"toxicity_rtp", "toxicity_rtp_chat", "toxicity_bold", "harmful_compliance", "over_refusal", "hh_preference",
                "bias_crows_pairs", "bias_bbq", "bias_winobias", "helpfulness", "attack_robustness"}
     assert {k.metric.split(".")[0] for k in kpis.values()} <= planned
 
@@ -279,6 +280,7 @@ def test_production_policy_is_documented_and_blocks_on_issue_6_targets():
                 "over_refusal": {"refusal_rate": rate(refusal, 250)},
                 "toxicity_rtp": {"toxicity_probability": rate(tox, 700),
                                  "expected_max_toxicity": {"value": 0.2, "n": 700, "ci95": [0.18, 0.22]}},
+                "toxicity_rtp_chat": {"toxicity_probability": rate(tox, 700)},
                 "bias_crows_pairs": {"pct_stereotype": rate(crows, 1508)},
                 "helpfulness": {"answer_perplexity": {"value": ppl, "n": 200, "ci95": [ppl * 0.95, ppl * 1.05]}}}
 

@@ -103,21 +103,51 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def shared_prefix_lm(model, tokenizer, batch_size: int):
+    """lm-eval's HFLM whose log-likelihood requests go through :func:`evals.suites.loglik.score_token_pairs`:
+    requests with one context (a multiple-choice question's answers) share one row, so the context is computed
+    once instead of once per answer. HFLM itself only reuses logits for one-token continuations. Same request
+    order, same (log-probability, is-greedy) results."""
+    from lm_eval.models.huggingface import HFLM
+
+    from evals.suites.loglik import score_token_pairs
+
+    class SharedPrefixHFLM(HFLM):
+        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+            bs = override_bs or (self.batch_size if isinstance(self.batch_size, int) else 8)
+            scores = score_token_pairs(self.model, [(ctx, cont) for _, ctx, cont in requests], batch_size=bs,
+                                       max_length=self.max_length, pad_id=self.tokenizer.pad_token_id or 0,
+                                       disable_tqdm=disable_tqdm, desc="lm-eval log-likelihood")
+            out = []
+            for (request, _, _), score in zip(requests, scores):
+                answer = (score.logprob, score.greedy)
+                if request is not None:
+                    self.cache_hook.add_partial("loglikelihood", request, answer)
+                out.append(answer)
+            return out
+
+    return SharedPrefixHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+
+
 def run_tasks(model, tokenizer, tasks: list[LocalTask], *, work_dir: Path | None = None,
-              batch_size: int = 8) -> dict[str, TaskOutput]:
-    """Evaluate ``tasks`` on an in-memory model through lm-eval's task machinery (zero-shot)."""
+              batch_size: int = 8, share_prefixes: bool = True) -> dict[str, TaskOutput]:
+    """Evaluate ``tasks`` on an in-memory model through lm-eval's task machinery (zero-shot).
+    ``share_prefixes``: score log-likelihood requests through :func:`shared_prefix_lm` (else lm-eval's HFLM)."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    if work_dir is None:
+    from evals.parallel import is_main
+
+    if work_dir is None or not is_main():  # under a multi-process launch only the main process writes work_dir
         work_dir = Path(tempfile.mkdtemp(prefix="harmgate-lm-eval-"))
     paths = {t.name: write_task(t, work_dir) for t in tasks}
     manager = TaskManager(include_path=str(work_dir.resolve()), include_defaults=False)
     missing = [t.name for t in tasks if t.name not in manager.all_tasks]
     if missing:
         raise LmEvalError(f"lm-eval did not register {missing} from {work_dir}")
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    lm = (shared_prefix_lm(model, tokenizer, batch_size) if share_prefixes
+          else HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size))
     # bootstrap_iters=0: lm-eval's stderr is not used; harmgate bootstraps every metric itself (evals.stats).
     out = lm_eval.simple_evaluate(model=lm, tasks=[t.name for t in tasks], task_manager=manager, num_fewshot=0,
                                   log_samples=True, bootstrap_iters=0, random_seed=0)

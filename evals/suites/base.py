@@ -228,11 +228,6 @@ class Suite:
         an example's first user turn, so multi-turn items give theirs as ``meta["first_user_turn"]``)."""
         return [it.meta.get("first_user_turn", it.prompt) for it in self.load(cfg, mirror).items]
 
-    def eval_templates(self, cfg: SuiteConfig, mirror: str | None) -> list[str]:
-        """Fixed texts (jailbreak templates, attack wordings) this suite wraps its prompts in: a training
-        example whose user turns *contain* one is a leak too (align.mixture)."""
-        return []
-
     # --- running -------------------------------------------------------------------------------------------
     def use_chat(self, options: Any) -> bool:
         return getattr(options, "prompt_format", self.prompt_format) == "chat"

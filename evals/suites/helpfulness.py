@@ -27,7 +27,10 @@ from harmgate.config import SuiteConfig
 
 ALPACA = SourceSpec("alpaca", hub="tatsu-lab/alpaca", licence="CC BY-NC 4.0",
                     description="Stanford Alpaca instructions + answers (perplexity)")
-LIMA = SourceSpec("lima", hub="GAIR/lima", licence="CC BY-NC-SA", description="LIMA instructions + answers (perplexity)")
+# GAIR/lima (gated: accept its terms on the hub) ships a loading script, which datasets >= 4 refuses: read its
+# train.jsonl ({"conversations": [user, assistant, ...], "source"}) through huggingface_hub.
+LIMA = SourceSpec("lima", hub="GAIR/lima", hub_files=("train.jsonl",), licence="CC BY-NC-SA",
+                  description="LIMA instructions + answers (perplexity)")
 MT_BENCH = SourceSpec("mt_bench", hub="HuggingFaceH4/mt_bench_prompts", mirror="mt-bench/mt_bench_questions.jsonl",
                       licence="Apache-2.0", description="MT-bench first turns (answers kept for the report)")
 I_ALPACA = SourceSpec("i_alpaca", mirror=f"{STL}/I-Alpaca.json", licence=STL_LICENCE,

@@ -36,15 +36,21 @@ XSTEST = SourceSpec("xstest", hub="walledai/XSTest", split="test", mirror="xstes
                     licence="CC BY 4.0", description="XSTest v2 safe prompts (Röttger et al. 2024), by type")
 
 
-def _stl(key: str, file: str, what: str) -> SourceSpec:
-    return SourceSpec(key, mirror=f"{STL}/{file}", licence=STL_LICENCE,
-                      description=f"safety-tuned-llamas {what} (Bianchi et al. 2024); {STL_HUB_NOTE}")
+# walledai/SafetyDatasets copies four of the sets to the hub: parquet, one config each, {prompt[, category]}.
+STL_HUB = "walledai/SafetyDatasets"
 
 
-STL_MALICIOUS = _stl("i_malicious_instructions", "I-MaliciousInstructions.json", "I-MaliciousInstructions")
-STL_QHARM = _stl("q_harm", "Q-Harm.json", "Q-Harm")
-STL_CONA = _stl("i_cona", "I-CoNa.json", "I-CoNa (hateful speech)")
-STL_CONTROVERSIAL = _stl("i_controversial", "I-Controversial.json", "I-Controversial")
+def _stl(key: str, file: str, what: str, hub_config: str | None = None) -> SourceSpec:
+    where = f"hub {STL_HUB} ({hub_config})" if hub_config else STL_HUB_NOTE
+    return SourceSpec(key, hub=STL_HUB if hub_config else None, hub_config=hub_config, mirror=f"{STL}/{file}",
+                      licence=STL_LICENCE, description=f"safety-tuned-llamas {what} (Bianchi et al. 2024); {where}")
+
+
+STL_MALICIOUS = _stl("i_malicious_instructions", "I-MaliciousInstructions.json", "I-MaliciousInstructions",
+                     "MaliciousInstructions")
+STL_QHARM = _stl("q_harm", "Q-Harm.json", "Q-Harm", "QHarm")
+STL_CONA = _stl("i_cona", "I-CoNa.json", "I-CoNa (hateful speech)", "CoNa")
+STL_CONTROVERSIAL = _stl("i_controversial", "I-Controversial.json", "I-Controversial", "ControversialInstructions")
 STL_PHYS_UNSAFE = _stl("i_physical_safety_unsafe", "I-PhysicalSafetyUnsafe.json", "I-PhysicalSafetyUnsafe")
 STL_PHYS_SAFE = _stl("i_physical_safety_safe", "I-PhysicalSafetySafe.json", "I-PhysicalSafetySafe")
 
@@ -76,8 +82,8 @@ def items_from_source(src: SourceRows) -> list[EvalItem]:
             continue
         else:
             prompt = first_field(r, ("prompt", "goal", "instructions", "instruction", "text"), where)
-            if r.get("tags"):
-                meta["category"] = f"{key}:{r['tags']}"
+            if r.get("tags") or r.get("category"):  # mirror (safety-tuned-llamas json): tags; hub copy: category
+                meta["category"] = f"{key}:{r.get('tags') or r['category']}"
         items.append(EvalItem(f"{key}-{i}", prompt, meta))
     return items
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harmgate.mirror import DataNotFound, ResolvedData, data_mirror_root, resolve_data
+from harmgate.mirror import DataNotFound, ResolvedData, data_mirror_root, hub_access_hint, resolve_data
 
 
 class SourceError(ValueError):
@@ -35,6 +35,7 @@ class SourceSpec:
     licence: str = "unknown"
     description: str = ""
     pattern: str = "*"             # files read when the mirror path is a folder
+    hub_files: tuple[str, ...] = ()  # read these repo files through huggingface_hub instead of datasets
 
     def describe(self) -> str:
         parts = [p for p in (f"hub {self.hub}" if self.hub else "", f"mirror {self.mirror}" if self.mirror else "")
@@ -109,15 +110,35 @@ def read_path_rows(path: Path, pattern: str = "*") -> list[dict[str, Any]]:
     return rows
 
 
-def _hub_rows(hub_id: str, spec: SourceSpec, split: str) -> list[dict[str, Any]]:
+def _hub_file_rows(hub_id: str, spec: SourceSpec) -> list[dict[str, Any]]:
+    """Rows of named repo files, fetched (or, offline, found in the hub cache) by huggingface_hub. For repos
+    ``datasets`` refuses: a loading script beside the data (GAIR/lima) fails with "Dataset scripts are no longer
+    supported" on datasets >= 4 even though the data files are plain JSONL."""
+    from huggingface_hub import hf_hub_download
+
+    rows: list[dict[str, Any]] = []
+    for name in spec.hub_files:
+        rows.extend(read_file_rows(Path(hf_hub_download(hub_id, name, repo_type="dataset"))))
+    return rows
+
+
+def _hub_rows(hub_id: str, spec: SourceSpec, split: str, suite: str = "",
+              mirror: str | None = None) -> list[dict[str, Any]]:
     from datasets import load_dataset
 
     try:
+        if spec.hub_files:
+            return _hub_file_rows(hub_id, spec)
         return list(load_dataset(hub_id, spec.hub_config, data_dir=spec.data_dir, split=split))
     except Exception as err:  # datasets raises many types offline; all mean the same to the user
+        root = data_mirror_root(mirror)
+        looked = (f"; {spec.mirror!r} is not in the data mirror {root}" if root and spec.mirror else
+                  "" if root else "; no data mirror is set")
         raise SourceError(
-            f"source {spec.key!r}: {hub_id!r} is not a local file, not in the data mirror and not reachable on the "
-            f"hub ({type(err).__name__}: {err}); set HARMGATE_DATA_MIRROR or point the source at a local path") from None
+            f"{f'suite {suite}, ' if suite else ''}source {spec.key!r}: {hub_id!r} is not a local file, not in the "
+            f"data mirror and not reachable on the hub ({type(err).__name__}: {err}){looked}. "
+            f"{hub_access_hint(hub_id, 'dataset')} Offline, set HARMGATE_DATA_MIRROR or point the source at a local "
+            f"path") from None
 
 
 def resolve_source(spec: SourceSpec, *, ref: str | None, mirror: str | None, suite: str = "") -> ResolvedData:
@@ -153,7 +174,7 @@ def load_source(spec: SourceSpec, *, ref: str | None, mirror: str | None, suite:
         except SourceError as err:
             raise SourceError(f"suite {suite}, source {spec.key!r}: {err}") from None
         return SourceRows(spec, local_origin(path), rows)
-    rows = _hub_rows(resolved.hub_id or "", spec, spec.split)
+    rows = _hub_rows(resolved.hub_id or "", spec, spec.split, suite, mirror)
     return SourceRows(spec, {"hub": resolved.hub_id, "config": spec.hub_config, "data_dir": spec.data_dir,
                              "split": spec.split}, rows)
 
