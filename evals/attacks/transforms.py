@@ -61,6 +61,16 @@ def on_topic(request: str, text: str) -> bool:
     return any(w in have or (len(w) >= 6 and w[:5] in stems) for w in words)
 
 
+def adds_content(request: str, text: str, min_new: int = 2) -> bool:
+    """Whether ``text`` says more than the request: at least ``min_new`` content words the request does not
+    have. A model that decodes (or half-decodes, cut off by max_new_tokens) and repeats the request has not
+    answered it; the judge's own echo check wants most of the prompt back, which a cut-off reply is not."""
+    stops = _stop_words()
+    asked = {w for w in _WORDS.findall(request.lower()) if w not in stops}
+    new = {w for w in _WORDS.findall(text.lower()) if len(w) >= 3 and w not in stops and w not in asked}
+    return len(new) >= min_new
+
+
 def readable(text: str) -> bool:
     share, n = stopword_share(text)
     return n >= MIN_WORDS and share >= MIN_STOPWORD_SHARE
