@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 from evals import parallel
 from evals.arms import ARMS, PROMPTED, not_applicable, resolve_arm
 from evals.stats import Bootstrap
-from evals.suites import SuiteContext, SuiteResult, get_suite
+from evals.suites import SuiteContext, SuiteResult, get_suite, registered_suites
+from evals.suites.sources import SourceError
 from harmgate.config import RunConfig, SuiteConfig
 from harmgate.rundir import RunDir, read_json, write_json, write_text_atomic
 
@@ -37,14 +39,30 @@ def check_suites(config: RunConfig) -> None:
         check_available()  # before hours of training, not at the first generating suite
 
 
-def eval_prompts(config: RunConfig) -> list[str]:
-    """Every user prompt any suite asks or scores: the training mixture must not contain them. This also holds
-    hh_preference's and helpfulness's items out of training."""
+def held_out_suites(config: RunConfig) -> list[tuple[SuiteConfig, bool]]:
+    """The suites whose items the training mixture must not contain, each with whether the config runs it: the
+    configured ones, plus every registered suite held out always (``Suite.always_held_out``) at its defaults."""
     check_suites(config)
-    prompts: list[str] = []
-    for s in config.evals.suites:
-        prompts.extend(get_suite(s.name).eval_prompts(s, config.data.mirror))
-    return prompts
+    names = {s.name for s in config.evals.suites}
+    return [(s, True) for s in config.evals.suites] + [
+        (SuiteConfig(name=n), False) for n in registered_suites() if n not in names and get_suite(n).always_held_out]
+
+
+def eval_prompts(config: RunConfig) -> list[str]:
+    """Every user prompt any held-out suite asks or scores, and every fixed text a suite wraps its prompts in
+    (attack_robustness's templates): the training mixture must not contain them (align/leakcheck.py: a user turn
+    that is one, or contains one). This also holds hh_preference's and helpfulness's items, and
+    attack_robustness's whole pool, out of training."""
+    texts: list[str] = []
+    for s, configured in held_out_suites(config):
+        try:
+            texts.extend(get_suite(s.name).eval_prompts(s, config.data.mirror))
+        except SourceError as err:
+            if configured:
+                raise
+            # A standing hold-out whose data this mirror lacks: nothing of it can be read from here either.
+            warnings.warn(f"held-out suite {s.name} not checked for leaks: {err}", stacklevel=2)
+    return texts
 
 
 def default_toxicity_factory(config: RunConfig) -> Callable[[], Any]:

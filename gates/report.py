@@ -20,6 +20,7 @@ from typing import Any, Optional
 import typer
 from markupsafe import Markup
 
+from gates.attack_view import SUITE as ATTACK_SUITE, AttackView, attack_view
 from gates.charts import Axis, Point, colour_for, fmt, interval_pair, line_chart
 from harmgate.rundir import RunDir, read_json, write_text_atomic
 
@@ -126,6 +127,7 @@ class Report:
     eval_sources: list[dict[str, Any]]
     registry: RegistryView | None
     prompted: dict[str, Any] | None = None  # {system_prompt, not_applicable, alone}: the prompt-engineering arm
+    attacks: AttackView | None = None       # attack_robustness: attack x arm ASR, worst attacked generations
 
 
 # -- reading the run --------------------------------------------------------------------------------------
@@ -522,7 +524,8 @@ def build_report(run: RunDir, *, registry: bool = True) -> Report:
                          docs, kpis, name, (arms.get("prompted") or {}).get(name))
         bd = {arm: (results[name][arm] or {}).get("breakdowns") or {} for arm in ARMS}
         tables, counts = _breakdowns(bd["base"], bd["tuned"], docs, kpis, name)
-        worst, more, note = _worst(run, name, results[name], kpis)
+        # attack_robustness's worst generations are in its own section (per attack, base beside)
+        worst, more, note = ([], [], "") if name == ATTACK_SUITE else _worst(run, name, results[name], kpis)
         info = {k: str(v) for k, v in (result.get("info") or {}).items() if isinstance(v, (str, int, float))}
         for k in ("model", "kind", "k", "limit", "seconds", "source"):
             if isinstance(result.get(k), (str, int, float)):
@@ -539,7 +542,15 @@ def build_report(run: RunDir, *, registry: bool = True) -> Report:
         verdict=verdict, verdict_error=verdict_err, verdict_note=verdict_note, kpi_rows=_kpi_rows(verdict),
         suites=suites, training=training, loss_chart=loss_chart,
         provenance=provenance if isinstance(provenance, dict) else None, eval_sources=_eval_sources(results),
-        registry=_registry(config, run, registry), prompted=_prompted(summary, verdict))
+        registry=_registry(config, run, registry), prompted=_prompted(summary, verdict),
+        attacks=_attacks(run, results.get(ATTACK_SUITE)))
+
+
+def _attacks(run: RunDir, results: dict[str, dict[str, Any] | None] | None) -> AttackView | None:
+    """The attack section, when the run evaluated attack_robustness (gates/attack_view.py)."""
+    if not results:
+        return None
+    return attack_view(results, {arm: _load_samples(run, arm, ATTACK_SUITE, results.get(arm)) for arm in ARMS})
 
 
 def _prompted(summary: Any, verdict: dict[str, Any] | None) -> dict[str, Any] | None:

