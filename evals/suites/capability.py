@@ -422,7 +422,13 @@ class CapabilitySuite(Suite):
         scores: dict[str, Any] = {m: s.get(m) for m in task.metrics} if s else {}
         if s and len(args) > 1:
             lls = [r[0] for r in s["filtered_resps"]]
-            scores.update({"choices": [a[1] for a in args], "logliks": lls, "target": s.get("target"),
+            target = s.get("target")
+            # lm-eval's WinoGrande target is the shared continuation; its gold choice is the answer ("1"/"2")
+            gold = int(s["doc"]["answer"]) - 1 if task.name == "winogrande" else target
+            scores.update({"choices": [a[1] for a in args], "logliks": lls, "target": target,
+                           "gold": int(gold) if isinstance(gold, (int, str)) and str(gold).isdigit() else None,
                            "picked": int(np.argmax(lls))})
+            if len({a[0] for a in args}) > 1:  # WinoGrande: the choice is in the context, the continuation shared
+                scores["contexts"] = [a[0] for a in args]
         meta = {k: item.meta[k] for k in ("task", "row", "subject") if k in item.meta}
         return sample_record(EvalItem(item.id, context, meta), args[0][1] if len(args) == 1 else None, scores)
