@@ -47,7 +47,7 @@ from evals.suites.base import (EvalItem, Loaded, Suite, SuiteConfigError, SuiteC
 from evals.suites.sources import SourceRows, SourceSpec
 from harmgate.config import SuiteConfig
 
-DEFAULT_PER_TASK_LIMIT = 100  # CPU default (docs/RESULTS.md "capability cost"); null in the config: full tasks
+DEFAULT_PER_TASK_LIMIT = 50  # CPU default (docs/RESULTS.md "General ability": cost); null in the config: full tasks
 
 TRUTHFULQA = SourceSpec("truthfulqa", hub="truthfulqa/truthful_qa", hub_config="multiple_choice", split="validation",
                         mirror="capability/truthfulqa/truthfulqa_mc_hfformat.jsonl", licence="Apache-2.0",
