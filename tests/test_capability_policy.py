@@ -21,7 +21,7 @@ from harmgate.config import KPI, PolicyConfig, SuiteConfig, parse_config
 
 REPO = Path(__file__).resolve().parent.parent
 TASKS = ["arc_easy", "piqa", "winogrande"]
-PER_TASK = 10
+PER_TASK = 8
 
 
 def _config(mirror: Path):
@@ -49,13 +49,13 @@ def _gold_texts(result) -> list[str]:
     return texts
 
 
-def _memorise(model, tok, texts: list[str], steps: int = 120) -> None:
+def _memorise(model, tok, texts: list[str], steps: int = 80) -> None:
     import torch
 
     torch.manual_seed(0)
     batch = tok(texts, return_tensors="pt", padding=True)
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
     model.train()
     for _ in range(steps):
         loss = model(**batch, labels=labels).loss
@@ -89,15 +89,20 @@ def capable(shared_data, tmp_path_factory):
     from align.tiny import build_tiny_model, build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
-    model = build_tiny_model(tok, hidden_size=96, layers=2)
+    model = build_tiny_model(tok)
     tmp = tmp_path_factory.mktemp("cap")
     _memorise(model, tok, _gold_texts(_suite(model, tok, tmp / "probe", shared_data)))
     return model, tok, _suite(model, tok, tmp / "base", shared_data), tmp, shared_data
 
 
-def test_production_policy_blocks_a_damaged_model(capable):
+@pytest.fixture(scope="module")
+def damaged(capable):
+    model, tok, _, tmp, mirror = capable
+    return _suite(_damage(model), tok, tmp / "damaged", mirror)
+
+
+def test_production_policy_blocks_a_damaged_model(capable, damaged):
     model, tok, base, tmp, mirror = capable
-    damaged = _suite(_damage(model), tok, tmp / "damaged", mirror)
     assert base.metrics["mean_normalised"]["value"] > 0.6  # the stand-in base is well above chance
     assert damaged.metrics["mean_normalised"]["value"] < 0.35
     policy = _capability_policy(set(base.metrics))
@@ -120,3 +125,29 @@ def test_production_policy_passes_an_undamaged_model(capable):
                      {"schema_version": 1, "arms": {"base": {"capability": base.metrics},
                                                     "tuned": {"capability": again.metrics}}})
     assert verdict["passed"] and not verdict["warnings"], verdict["blocking_failures"]
+
+
+def test_dashboard_and_compare_show_the_capability_rows(capable, damaged, tmp_path):
+    from gates.compare import write_comparison
+    from gates.report import build_report, render_report
+    from harmgate.config import load_config
+    from harmgate.rundir import create_run_dir, write_json
+
+    _, _, base, _, _ = capable
+    policy = _capability_policy(set(base.metrics))
+    config = load_config(REPO / "configs/tiny-test.yaml").model_copy(update={"name": "damaged", "policy": policy})
+    run = create_run_dir(config, tmp_path / "damaged")
+    summary = {"schema_version": 1, "arms": {"base": {"capability": base.metrics},
+                                             "tuned": {"capability": damaged.metrics}}}
+    write_json(run.eval_summary, summary)
+    write_json(run.verdict, decide(policy, summary))
+    report = build_report(run, registry=False)
+    rows = {r["task"]: r for r in report.capability["rows"]}
+    assert set(rows) == {"capability mean (chance-corrected)", *TASKS}
+    mean = rows["capability mean (chance-corrected)"]
+    assert mean["delta"] < 0 and mean["interval"]["high"] < 0
+    assert rows["piqa"]["metric"] == "piqa/acc_norm" and rows["winogrande"]["metric"] == "winogrande/acc"
+    html = render_report(report)
+    assert 'id="capability-table"' in html and 'data-task="arc_easy"' in html
+    md = write_comparison([run.root], tmp_path / "cmp")["markdown"].read_text(encoding="utf-8")
+    assert "General ability" in md and "| capability_mean | `capability.mean_normalised` |" in md
