@@ -155,6 +155,10 @@ TASKS: dict[str, CapabilityTask] = {t.name: t for t in (
                    ("acc", "acc_norm"), reconstructed=RECONSTRUCTED["hellaswag"]),
 )}
 
+METRIC_DOCS = {"acc": "{task}: lm-eval acc, the likeliest choice is right (higher is better)",
+               "acc_norm": "{task}: lm-eval acc_norm, choices compared by log-likelihood per byte (higher is better)",
+               "perplexity": "{task}: perplexity of the final word (lower is better)"}
+
 # The wrapper evaluates the "test" split of the local JSONL; the stock task's other splits are not there, and
 # naming them would make lm-eval look for few-shot examples in them (this suite is zero-shot).
 SPLIT_OVERRIDES = {"training_split": None, "validation_split": None, "fewshot_split": None, "test_split": "test"}
@@ -223,16 +227,17 @@ class CapabilitySuite(Suite):
                HELLASWAG)
     stratify_by = None
     Options = CapabilityOptions
-    metrics_doc = {
-        "mean_normalised": "mean over tasks (TruthfulQA excluded) of the chance-corrected headline accuracy: "
-                           "0 = chance, 1 = perfect (higher is better)",
-        **{f"{t}/acc": f"{t}: lm-eval acc" for t in TASKS},
-        **{f"{t}/acc_norm": f"{t}: lm-eval acc_norm (choices scored by log-likelihood per byte)" for t in TASKS},
-        **{f"{t}/normalised": f"{t}: chance-corrected headline accuracy" for t in TASKS},
-        "truthfulqa_mc1/acc": "TruthfulQA MC1: the single true answer is the most likely choice (higher is better)",
-        "truthfulqa_mc2/acc": "TruthfulQA MC2: normalised probability mass on the true answers (higher is better)",
-        "lambada_openai/perplexity": "LAMBADA: perplexity of the final word (lower is better)",
-    }
+    metrics_doc = {"mean_normalised": "mean over tasks (TruthfulQA excluded) of the chance-corrected headline "
+                                      "accuracy: 0 = chance, 1 = perfect (higher is better)"}
+    metrics_doc |= {f"{t.name}/{m}": METRIC_DOCS[m].format(task=t.name) for t in TASKS.values() for m in t.metrics}
+    metrics_doc |= {f"{t.name}/normalised": f"{t.name}: {t.headline} corrected for chance (higher is better)"
+                    for t in TASKS.values()}
+    metrics_doc |= {"truthfulqa_mc1/acc": "TruthfulQA MC1: the single true answer is the likeliest choice (higher is "
+                                          "better)",
+                    "truthfulqa_mc2/acc": "TruthfulQA MC2: normalised probability mass on the true answers (higher is "
+                                          "better)",
+                    "lambada_openai/acc": "LAMBADA: the greedy continuation is exactly the final word (higher is "
+                                          "better)"}
 
     def applies_system_prompt(self, cfg: SuiteConfig) -> bool:
         return False  # lm-eval scores raw text: no chat turn to put a system prompt before
