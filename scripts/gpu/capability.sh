@@ -7,11 +7,13 @@
 #   carry .stage/a             : bash scripts/gpu/capability.sh stage a
 #   carry .stage/b             : bash scripts/gpu/capability.sh stage b
 #   carry .stage/cap           : COMMIT=<sha> bash scripts/gpu/capability.sh run
+#   (no carry)                 : bash scripts/gpu/capability.sh cost
 # `run` writes to $OUT:
 #   capability-full.json   evals/base/capability.json of the run (every metric with lm-eval's stderr + harmgate's
 #                          bootstrap ci95, MMLU by subject and category, provenance; samples dropped)
-#   capability-cost.json   bench/capability_cost.py --per-task 0: seconds per task, each task alone, full size
 #   capability.log, versions.txt, run-capability.tgz (the run dir without model weights)
+# `cost` (a second job on the same machine, each job has 600 s) writes capability-cost.json:
+#   bench/capability_cost.py --per-task 0: seconds per task, each task alone, every document
 set -euo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" /tmp/site /tmp/models /tmp/data /tmp/hgmodels /tmp/runs
@@ -50,7 +52,7 @@ from harmgate.config import load_config
 from harmgate.rundir import create_run_dir
 create_run_dir(load_config('configs/smollm2-capability-full.yaml'), '$run')"
   t0=$(date +%s)
-  python3 -m harmgate eval "$run" --arm base 2>&1 | tee "$OUT/capability.log" | grep -v "it/s]" | tail -n 5
+  python3 -m harmgate eval "$run" --arm base 2>&1 | tee "$OUT/capability.log" | { grep -v "it/s]" || true; } | tail -n 5
   echo "harmgate eval (all tasks together): $(( $(date +%s) - t0 )) s" | tee -a "$OUT/capability.log"
   python3 - "$run/evals/base/capability.json" "$OUT/capability-full.json" <<'PY'
 import json, sys
@@ -61,14 +63,18 @@ m = r["metrics"]
 for k in sorted(m):
     print(f"{k:32s} {m[k]['value']:.4f}  n={m[k]['n']}  ci95={m[k]['ci95']}  stderr={m[k].get('stderr')}")
 PY
-  python3 bench/capability_cost.py --model /tmp/hgmodels/HuggingFaceTB/SmolLM2-135M-Instruct --per-task 0 \
-    --batch-size 64 --out "$OUT/capability-cost.json" 2>&1 | grep -v "it/s]" | tail -n 20
   tar czf "$OUT/run-capability.tgz" -C /tmp/runs --exclude=model capability
   ls -la "$OUT"
+}
+
+cost() {
+  python3 bench/capability_cost.py --model /tmp/hgmodels/HuggingFaceTB/SmolLM2-135M-Instruct --per-task 0 \
+    --batch-size 64 --out "$OUT/capability-cost.json" 2>&1 | { grep -v "it/s]" || true; } | tail -n 20
 }
 
 case "${1:-}" in
   stage) stage "$2" ;;
   run) run ;;
-  *) echo "usage: $0 stage a|b | run" >&2; exit 2 ;;
+  cost) cost ;;
+  *) echo "usage: $0 stage a|b | run | cost" >&2; exit 2 ;;
 esac
