@@ -58,3 +58,13 @@ def test_chance_correction():
     assert chance("truthfulqa_mc2", mc2) == 0.5  # probability mass on true answers by a uniform guess
     scores = normalised(np.array([1.0, 0.0, 1.0, 0.0]), np.array([0.25] * 4))
     assert scores.mean() == pytest.approx((0.5 - 0.25) / 0.75)  # acc 0.5 on 4 choices
+
+
+def test_sampled_questions_are_held_out_of_training(shared_data):
+    suite = get_suite("capability")
+    cfg = SuiteConfig(name="capability", options={"tasks": ["arc_easy", "piqa", "winogrande"], "per_task_limit": 5})
+    prompts = suite.eval_prompts(cfg, str(shared_data))
+    docs = [it.meta["doc"] for it in suite.load(cfg, str(shared_data)).items]
+    assert len(prompts) == 15
+    assert prompts[:5] == [d["question"] for d in docs[:5]] and prompts[5] == docs[5]["goal"]
+    assert prompts[10] == docs[10]["sentence"]

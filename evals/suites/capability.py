@@ -291,8 +291,19 @@ class CapabilitySuite(Suite):
                             "reconstructed": task.reconstructed})
         return Loaded(items, sources)
 
+    QUERY_FIELDS = ("question", "goal", "question_stem", "sentence", "ctx_a", "text")
+
     def eval_prompts(self, cfg: SuiteConfig, mirror: str | None) -> list[str]:
-        return []  # benchmark documents, not chat prompts: nothing a chat training row could repeat verbatim
+        """Each sampled document's question (TruthfulQA/ARC/MMLU/SciQ/BoolQ question, PIQA goal, OBQA stem,
+        WinoGrande sentence, HellaSwag context, LAMBADA passage): a training row asking exactly that is held out of
+        the mixture, as for every other suite (align.mixture's leak check)."""
+        prompts = []
+        for it in self.load(cfg, mirror).items:
+            doc = it.meta["doc"]
+            text = next((doc[f] for f in self.QUERY_FIELDS if isinstance(doc.get(f), str) and doc[f].strip()), None)
+            if text:
+                prompts.append(text.strip())
+        return prompts
 
     # --- running -------------------------------------------------------------------------------------------
     def local_tasks(self, items: list[EvalItem]) -> list[tuple[LocalTask, list[int]]]:
