@@ -64,7 +64,8 @@ def main() -> None:
         rows.append({"task": name, "docs": src["used"], "docs_full": src["items"], "seconds": round(seconds, 2),
                      "s_per_doc": round(seconds / src["used"], 4),
                      "full_s_est": round(seconds / src["used"] * src["items"], 1),
-                     head: result.metrics[f"{name}/{head}"]["value"]})
+                     head: result.metrics[f"{name}/{head}"]["value"],
+                     "metrics": {m: v["value"] for m, v in result.metrics.items() if m.startswith(f"{name}/")}})
 
     table = Table(title=f"capability suite cost: {args.model} on {'GPU' if on_gpu else 'CPU'}")
     for col in ("task", "docs", "seconds", "s/doc", "full task (est.)"):
