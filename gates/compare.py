@@ -1,8 +1,10 @@
 """Several gated runs of one base side by side: which recipe passes, and the safety-helpfulness frontier.
 
 Reads only each run's ``verdict.json`` (and its config for the name), so it works on run folders brought back
-from another machine. Writes ``compare.json`` (machines), ``compare.md`` (people) and ``frontier.svg`` (harmful
-compliance against over-refusal, 95% intervals, the policy's bounds shaded): MLflow's "compare runs", for gates.
+from another machine. Writes ``compare.json`` (machines), ``compare.md`` (people; the capability KPIs again in
+their own table), ``frontier.svg`` (harmful compliance against over-refusal, 95% intervals, the policy's bounds
+shaded) and ``frontier_capability.svg`` (harmful compliance against the capability mean: the alignment tax):
+MLflow's "compare runs", for gates.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def comparison_markdown(comp: dict[str, Any]) -> str:
         base_txt = value_text(base.get("value")) + interval_text(base.get("ci95"))
         lines.append(f"| {row['kpi']} | `{row['metric']}` | {str(row.get('bound') or '').replace('|', '/')} | "
                      f"{row['severity']} | {base_txt} | " + " | ".join(_cell(row["runs"].get(n)) for n in names) + " |")
+    lines += _capability_markdown(comp)
     lines += ["", "| run | gate | blocking failures |", "|---|---|---|"]
     for r in comp["runs"]:
         lines.append(f"| {r['name']} | {'PASSED' if r['passed'] else 'BLOCKED'} | "
@@ -92,13 +95,44 @@ def comparison_markdown(comp: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --- capability (issue #17): general ability beside the safety rows, and safety against capability -----------
+CAPABILITY_FRONTIER = {"x_kpi": "harmful_compliance", "y_kpi": "capability_mean", "x_note": "harmful requests answered",
+                       "y_note": "chance-corrected ability", "title": "safety-capability frontier"}
+
+
+def _capability_markdown(comp: dict[str, Any]) -> list[str]:
+    """The capability KPIs again, apart, so the alignment tax reads next to the safety gains."""
+    rows = [r for r in comp["kpis"] if str(r.get("metric", "")).startswith("capability.")]
+    if not rows:
+        return []
+    names = [r["name"] for r in comp["runs"]]
+    lines = ["", "General ability (lm-eval tasks; tuned − base [95% CI]):", "",
+             "| KPI | metric | base | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+    for row in rows:
+        base = row["base"] or {}
+        cells = []
+        for n in names:
+            c = row["runs"].get(n)
+            if not c or c.get("value") is None or base.get("value") is None:
+                cells.append(_cell(c))
+                continue
+            iv = c.get("delta_interval")
+            cells.append(f"{_cell(c)}, {c['value'] - base['value']:+.3f}"
+                         + (f" [{iv['low']:+.3f}, {iv['high']:+.3f}]" if iv else ""))
+        lines.append(f"| {row['kpi']} | `{row['metric']}` | {value_text(base.get('value'))} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _kpi(comp: dict[str, Any], name: str) -> dict[str, Any] | None:
     return next((r for r in comp["kpis"] if r["kpi"] == name), None)
 
 
 def frontier_svg(comp: dict[str, Any], *, x_kpi: str = "harmful_compliance", y_kpi: str = "over_refusal",
-                 x_max: float | None = None, y_max: float | None = None, width: int = 640, height: int = 480) -> str:
-    """Scatter of each model on two rate KPIs with 95% whiskers; the region inside both policy bounds shaded."""
+                 x_max: float | None = None, y_max: float | None = None, width: int = 640, height: int = 480,
+                 x_note: str = "harmful requests answered", y_note: str = "safe prompts refused",
+                 title: str = "safety-helpfulness frontier") -> str:
+    """Scatter of each model on two KPIs in [0, 1] with 95% whiskers; the region inside both policy bounds shaded
+    (only the x bound when the y KPI has none, e.g. the capability mean, which is judged against its base)."""
     xr, yr = _kpi(comp, x_kpi), _kpi(comp, y_kpi)
     if xr is None or yr is None:
         raise CompareError(f"the frontier needs KPIs {x_kpi!r} and {y_kpi!r} in every verdict")
@@ -106,13 +140,17 @@ def frontier_svg(comp: dict[str, Any], *, x_kpi: str = "harmful_compliance", y_k
     sx = lambda v: left + min(max(v, 0.0), 1.0) * (right - left)  # noqa: E731 - rates live in [0, 1]
     sy = lambda v: bottom - min(max(v, 0.0), 1.0) * (bottom - top)  # noqa: E731
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'font-family="sans-serif" font-size="12" role="img" aria-label="safety-helpfulness frontier">',
+             f'font-family="sans-serif" font-size="12" role="img" aria-label="{escape(title)}">',
              f'<rect width="{width}" height="{height}" fill="white"/>']
     if x_max is not None and y_max is not None:  # the pass region of both bounds
         parts.append(f'<rect x="{left}" y="{sy(y_max):.1f}" width="{sx(x_max) - left:.1f}" '
                      f'height="{bottom - sy(y_max):.1f}" fill="{THRESHOLD_COLOUR}" fill-opacity="0.15" '
                      f'stroke="{THRESHOLD_COLOUR}" stroke-dasharray="4 3"/>')
         parts.append(f'<text x="{left + 4}" y="{sy(y_max) - 4:.1f}" fill="{THRESHOLD_COLOUR}">policy target</text>')
+    elif x_max is not None:  # only the x bound: a dashed line, the allowed side to its left
+        parts.append(f'<line x1="{sx(x_max):.1f}" y1="{top}" x2="{sx(x_max):.1f}" y2="{bottom}" '
+                     f'stroke="{THRESHOLD_COLOUR}" stroke-dasharray="4 3"/>'
+                     f'<text x="{sx(x_max) + 4:.1f}" y="{top + 12}" fill="{THRESHOLD_COLOUR}">{escape(x_kpi)} bound</text>')
     for t in (0, 0.2, 0.4, 0.6, 0.8, 1.0):
         parts.append(f'<line x1="{sx(t):.1f}" y1="{bottom}" x2="{sx(t):.1f}" y2="{bottom + 4}" stroke="#333"/>'
                      f'<text x="{sx(t):.1f}" y="{bottom + 17}" text-anchor="middle">{t:.1f}</text>'
@@ -121,9 +159,9 @@ def frontier_svg(comp: dict[str, Any], *, x_kpi: str = "harmful_compliance", y_k
     parts.append(f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#333"/>'
                  f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="#333"/>'
                  f'<text x="{(left + right) / 2}" y="{height - 22}" text-anchor="middle">'
-                 f'{escape(xr["metric"])} (harmful requests answered)</text>'
+                 f'{escape(xr["metric"])} ({escape(x_note)})</text>'
                  f'<text transform="translate(16 {(top + bottom) / 2}) rotate(-90)" text-anchor="middle">'
-                 f'{escape(yr["metric"])} (safe prompts refused)</text>')
+                 f'{escape(yr["metric"])} ({escape(y_note)})</text>')
     points = [("base", xr["base"], yr["base"], BASE_COLOUR)]
     points += [(r["name"], xr["runs"].get(r["name"]), yr["runs"].get(r["name"]), RUN_COLOURS[i % len(RUN_COLOURS)])
                for i, r in enumerate(comp["runs"])]
@@ -164,7 +202,8 @@ def write_comparison(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dic
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     kpis = runs[0]["verdict"]["kpis"]
-    paths = {"json": out / "compare.json", "markdown": out / "compare.md", "frontier": out / "frontier.svg"}
+    paths = {"json": out / "compare.json", "markdown": out / "compare.md", "frontier": out / "frontier.svg",
+             "frontier_capability": out / "frontier_capability.svg"}
     write_json(paths["json"], comp)
     write_text_atomic(paths["markdown"], comparison_markdown(comp))
     try:
@@ -172,4 +211,9 @@ def write_comparison(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dic
         write_text_atomic(paths["frontier"], svg)
     except CompareError:
         paths.pop("frontier")
+    try:  # safety against capability: harmful compliance vs the capability mean (when the policy has both)
+        svg = frontier_svg(comp, x_max=_max_bound(kpis, "harmful_compliance"), **CAPABILITY_FRONTIER)
+        write_text_atomic(paths["frontier_capability"], svg)
+    except CompareError:
+        paths.pop("frontier_capability")
     return paths

@@ -128,6 +128,7 @@ class Report:
     registry: RegistryView | None
     prompted: dict[str, Any] | None = None  # {system_prompt, not_applicable, alone}: the prompt-engineering arm
     attacks: AttackView | None = None       # attack_robustness: attack x arm ASR, worst attacked generations
+    capability: dict[str, Any] | None = None  # {rows, frontier}: general ability beside safety (issue #17)
 
 
 # -- reading the run --------------------------------------------------------------------------------------
@@ -543,7 +544,8 @@ def build_report(run: RunDir, *, registry: bool = True) -> Report:
         suites=suites, training=training, loss_chart=loss_chart,
         provenance=provenance if isinstance(provenance, dict) else None, eval_sources=_eval_sources(results),
         registry=_registry(config, run, registry), prompted=_prompted(summary, verdict),
-        attacks=_attacks(run, results.get(ATTACK_SUITE)))
+        attacks=_attacks(run, results.get(ATTACK_SUITE)),
+        capability=_capability(arms, verdict, config.name))
 
 
 def _attacks(run: RunDir, results: dict[str, dict[str, Any] | None] | None) -> AttackView | None:
@@ -551,6 +553,35 @@ def _attacks(run: RunDir, results: dict[str, dict[str, Any] | None] | None) -> A
     if not results:
         return None
     return attack_view(results, {arm: _load_samples(run, arm, ATTACK_SUITE, results.get(arm)) for arm in ARMS})
+
+
+
+# -- capability (issue #17): lm-eval's standard tasks beside the safety KPIs -----------------------------------
+def _capability(arms: dict[str, Any], verdict: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
+    """Per task base vs tuned (gates.capability_view) and the run on the safety-capability plane (base -> tuned)."""
+    from gates.capability_view import SUITE, capability_rows, safety_capability
+    from gates.compare import CAPABILITY_FRONTIER, frontier_svg
+
+    rows = capability_rows((arms.get("base") or {}).get(SUITE), (arms.get("tuned") or {}).get(SUITE))
+    if not rows:
+        return None
+    for r in rows:
+        b = Point(r["base"], *(r["base_ci95"] or (None, None))) if _is_num(r["base"]) else None
+        t = Point(r["tuned"], *(r["tuned_ci95"] or (None, None))) if _is_num(r["tuned"]) else None
+        shown = [p for p in (b, t) if p]
+        r["chart"] = interval_pair(b, t, Axis.fit(shown, [], all(0 <= v <= 1 for p in shown for v in p.extent())),
+                                   direction="higher" if not r["metric"].endswith("perplexity") else "lower")
+    frontier = None
+    pair = safety_capability((verdict or {}).get("kpis") or [])
+    if pair is not None:
+        def one(k: dict[str, Any]) -> dict[str, Any]:
+            return {"kpi": k["name"], "metric": k["metric"], "base": {"value": k.get("base"), "ci95": k.get("base_ci95")},
+                    "runs": {name: {"value": k.get("tuned"), "ci95": k.get("tuned_ci95")}}}
+        comp = {"runs": [{"name": name}], "kpis": [one(pair[0]), one(pair[1])]}
+        maxes = [b["threshold"] for b in pair[0].get("bounds", []) if b.get("rule") == "max" and _is_num(b.get("threshold"))]
+        frontier = Markup(frontier_svg(comp, x_max=min(maxes) if maxes else None, width=520, height=380,
+                                       **CAPABILITY_FRONTIER))
+    return {"rows": rows, "frontier": frontier}
 
 
 def _prompted(summary: Any, verdict: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -78,3 +78,20 @@ def test_frontier_escapes_run_names():
     with pytest.raises(CompareError):
         frontier_svg({"runs": [], "kpis": []})
     assert comparison  # imported API stays public
+
+
+def test_compare_plots_safety_against_capability(tmp_path):
+    """With the capability mean in the verdicts, a second frontier: harmful compliance vs general ability."""
+    runs = []
+    for name, compliance, ability in (("recipe-a", 0.05, 0.30), ("recipe-b", 0.02, 0.10)):
+        root = _run(tmp_path, name, compliance, 0.05)
+        verdict = json.loads((root / "verdict.json").read_text())
+        verdict["kpis"].append(_kpi("capability_mean", "capability.mean_normalised", 0.32, ability,
+                                    "pass" if ability > 0.2 else "fail"))
+        write_json(root / "verdict.json", verdict)
+        runs.append(root)
+    paths = write_comparison(runs, tmp_path / "out")
+    svg = paths["frontier_capability"].read_text()
+    assert svg.count("<circle") == 3 and "capability.mean_normalised" in svg and "harmful_compliance bound" in svg
+    md = paths["markdown"].read_text()
+    assert "General ability" in md and re.search(r"\| capability_mean \| .* -0\.220 \|$", md, re.M)

@@ -266,11 +266,12 @@ def test_production_policy_is_documented_and_blocks_on_issue_6_targets():
     attack_kpis = ["attack_any", "attack_competing_objectives", "attack_encodings", "attack_multi_turn",
                    "attack_system_override", "attack_templates"]
     assert sorted(n for n, k in kpis.items() if k.severity == "block") == sorted([
-        "crows_pairs_bias", "harmful_compliance", "helpfulness_perplexity", "over_refusal", "rtp_chat_toxicity",
-        *attack_kpis])
+        "capability_mean", "crows_pairs_bias", "harmful_compliance", "helpfulness_perplexity", "over_refusal",
+        "rtp_chat_toxicity", "truthfulqa_mc2", *attack_kpis])
     assert kpis["rtp_toxicity"].severity == "warn"  # raw-text form: reported, the chat form blocks (issue #14)
-    planned = {"toxicity_rtp", "toxicity_rtp_chat", "toxicity_bold", "harmful_compliance", "over_refusal", "hh_preference",
-               "bias_crows_pairs", "bias_bbq", "bias_winobias", "helpfulness", "attack_robustness"}
+    planned = {"toxicity_rtp", "toxicity_rtp_chat", "toxicity_bold", "harmful_compliance", "over_refusal",
+               "hh_preference", "bias_crows_pairs", "bias_bbq", "bias_winobias", "helpfulness", "attack_robustness",
+               "capability"}
     assert {k.metric.split(".")[0] for k in kpis.values()} <= planned
 
     def results(harm: int, refusal: int, tox: int, crows: int, ppl: float, attacked: int = 20) -> dict:
@@ -282,13 +283,17 @@ def test_production_policy_is_documented_and_blocks_on_issue_6_targets():
                                  "expected_max_toxicity": {"value": 0.2, "n": 700, "ci95": [0.18, 0.22]}},
                 "toxicity_rtp_chat": {"toxicity_probability": rate(tox, 700)},
                 "bias_crows_pairs": {"pct_stereotype": rate(crows, 1508)},
-                "helpfulness": {"answer_perplexity": {"value": ppl, "n": 200, "ci95": [ppl * 0.95, ppl * 1.05]}}}
+                "helpfulness": {"answer_perplexity": {"value": ppl, "n": 200, "ci95": [ppl * 0.95, ppl * 1.05]}},
+                "capability": {"mean_normalised": {"value": 0.2, "n": 500, "ci95": [0.17, 0.23]},
+                               "truthfulqa_mc1/acc": rate(120, 500), "truthfulqa_mc2/acc": {
+                                   "value": 0.4, "n": 500, "ci95": [0.38, 0.42]}}}
 
     base = results(harm=200, refusal=10, tox=140, crows=905, ppl=8.0)
     good = decide(config.policy, summary(base, results(harm=20, refusal=30, tox=60, crows=900, ppl=8.4)))
     assert good["passed"], good["blocking_failures"]
     # The warnings whose suites did not run are reported as missing, not silently passed.
-    assert set(good["warnings"]) == {"bold_group_gap", "bbq_ambiguous_bias", "winobias_gap", "hh_preference"}
+    assert set(good["warnings"]) == {"bold_group_gap", "bbq_ambiguous_bias", "winobias_gap", "hh_preference",
+                                     *(n for n in kpis if n.startswith("cap_"))}  # per-task rows: not in results
     bad = decide(config.policy, summary(base, results(harm=44, refusal=30, tox=60, crows=900, ppl=9.0)))
     assert bad["blocking_failures"] == ["harmful_compliance", "helpfulness_perplexity"]  # 11% > 10%; 9.0 > 8.8
     assert "over_refusal" not in bad["blocking_failures"]

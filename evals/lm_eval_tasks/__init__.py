@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +53,14 @@ class LocalTask:
     name: str                      # task name registered with lm-eval (unique within one work dir)
     base_yaml: Path                # the task definition it includes
     docs: list[dict[str, Any]]     # documents, in doc_id order
+    overrides: dict[str, Any] = field(default_factory=dict)  # wrapper keys beyond the data swap
 
 
 @dataclass
 class TaskOutput:
     name: str
     results: dict[str, Any]        # lm-eval's aggregated metrics, keys without the ",none" filter suffix
+    stderrs: dict[str, Any]        # lm-eval's standard error per metric (empty when bootstrap_iters=0)
     samples: list[dict[str, Any]]  # per document, in doc_id order: lm-eval's sample record (doc, resps, metrics)
     yaml_path: Path
     data_path: Path
@@ -80,6 +82,7 @@ def write_task(task: LocalTask, work_dir: Path) -> tuple[Path, Path]:
         "dataset_name": None,
         "dataset_kwargs": {"data_files": {"test": str(data_path)}},
         "test_split": "test",
+        **task.overrides,
     }
     yaml_path = work_dir / f"{task.name}.yaml"
     yaml_path.write_text(yaml.safe_dump(wrapper, sort_keys=False), encoding="utf-8")
@@ -130,9 +133,12 @@ def shared_prefix_lm(model, tokenizer, batch_size: int):
 
 
 def run_tasks(model, tokenizer, tasks: list[LocalTask], *, work_dir: Path | None = None,
-              batch_size: int = 8, share_prefixes: bool = True) -> dict[str, TaskOutput]:
+              batch_size: int = 8, share_prefixes: bool = True, bootstrap_iters: int = 0) -> dict[str, TaskOutput]:
     """Evaluate ``tasks`` on an in-memory model through lm-eval's task machinery (zero-shot).
-    ``share_prefixes``: score log-likelihood requests through :func:`shared_prefix_lm` (else lm-eval's HFLM)."""
+
+    ``share_prefixes``: score log-likelihood requests through :func:`shared_prefix_lm` (else lm-eval's HFLM).
+    ``bootstrap_iters`` > 0 asks lm-eval for its standard errors too (closed form for means, its bootstrap for
+    perplexity); 0 skips them where harmgate's own intervals are all that is used."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -148,17 +154,18 @@ def run_tasks(model, tokenizer, tasks: list[LocalTask], *, work_dir: Path | None
         raise LmEvalError(f"lm-eval did not register {missing} from {work_dir}")
     lm = (shared_prefix_lm(model, tokenizer, batch_size) if share_prefixes
           else HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size))
-    # bootstrap_iters=0: lm-eval's stderr is not used; harmgate bootstraps every metric itself (evals.stats).
     out = lm_eval.simple_evaluate(model=lm, tasks=[t.name for t in tasks], task_manager=manager, num_fewshot=0,
-                                  log_samples=True, bootstrap_iters=0, random_seed=0)
+                                  log_samples=True, bootstrap_iters=bootstrap_iters, random_seed=0)
     if out is None:
         raise LmEvalError("lm-eval returned no results")
     outputs = {}
     for t in tasks:
-        results = {k.removesuffix(",none"): _plain(v) for k, v in out["results"][t.name].items()
-                   if not k.endswith("_stderr,none")}
+        raw = out["results"][t.name]
+        results = {k.removesuffix(",none"): _plain(v) for k, v in raw.items() if not k.endswith("_stderr,none")}
+        stderrs = {k.removesuffix("_stderr,none"): _plain(v) for k, v in raw.items()
+                   if k.endswith("_stderr,none") and isinstance(_plain(v), (int, float))}
         samples = sorted(out["samples"][t.name], key=lambda s: s["doc_id"])
         if len(samples) != len(t.docs):
             raise LmEvalError(f"{t.name}: lm-eval scored {len(samples)} of {len(t.docs)} documents")
-        outputs[t.name] = TaskOutput(t.name, results, samples, *paths[t.name])
+        outputs[t.name] = TaskOutput(t.name, results, stderrs, samples, *paths[t.name])
     return outputs

