@@ -175,28 +175,58 @@ class FeatureSpec:
 
 
 class FeatureBuilder:
-    """Turns (reply, prompt) pairs into a head's feature matrix; one encoder, loaded on first use, cached texts."""
+    """Turns (reply, prompt) pairs into a head's feature matrix; one encoder, loaded on first use.
+
+    Embeddings are cached by (max tokens, sha256 of the text) in memory and, with ``cache_path``, in an ``.npz``
+    file, so a second validation run (or the final fit after the folds) does not re-encode: the encoder is
+    deterministic, so a cached vector is the vector.
+    """
 
     def __init__(self, encoder: SentenceEncoder | None = None, *, encoder_ref: str | None = None,
-                 device: str = "cpu", batch_size: int = 32):
+                 device: str = "cpu", batch_size: int = 32, cache_path: Path | None = None):
         self.encoder, self.encoder_ref, self.device, self.batch_size = encoder, encoder_ref, device, batch_size
-        self._cache: dict[tuple[int, str], Any] = {}
+        self.cache_path = cache_path
+        self._cache: dict[str, Any] = {}
+        if cache_path is not None and Path(cache_path).is_file():
+            import numpy as np
+
+            with np.load(cache_path) as data:
+                self._cache = dict(zip(data["keys"].tolist(), data["vectors"]))
+
+    @staticmethod
+    def key(text: str, max_length: int) -> str:
+        return f"{max_length}:{hashlib.sha256(text.encode()).hexdigest()}"
+
+    def save_cache(self) -> None:
+        import numpy as np
+
+        if self.cache_path is None or not self._cache:
+            return
+        path = Path(self.cache_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".partial.npz")
+        np.savez(tmp, keys=np.array(list(self._cache)), vectors=np.stack(list(self._cache.values())))
+        tmp.replace(path)
 
     def _encode(self, texts: Sequence[str], max_length: int):
         import numpy as np
 
-        if self.encoder is None:
-            self.encoder = SentenceEncoder.load(self.encoder_ref, device=self.device, batch_size=self.batch_size)
-        todo = sorted({t for t in texts if (max_length, t) not in self._cache}, key=len)  # length-sorted batches
+        keys = [self.key(t, max_length) for t in texts]
+        todo = sorted({t for t, k in zip(texts, keys) if k not in self._cache}, key=len)  # length-sorted batches
         if todo:
+            if self.encoder is None:
+                self.encoder = SentenceEncoder.load(self.encoder_ref, device=self.device, batch_size=self.batch_size)
             old = self.encoder.max_length
             self.encoder.max_length = max_length
             try:
-                for t, v in zip(todo, self.encoder.encode(todo)):
-                    self._cache[(max_length, t)] = v
+                for start in range(0, len(todo), 1024):
+                    chunk = todo[start:start + 1024]
+                    for t, v in zip(chunk, self.encoder.encode(chunk)):
+                        self._cache[self.key(t, max_length)] = v
             finally:
                 self.encoder.max_length = old
-        return np.stack([self._cache[(max_length, t)] for t in texts]) if texts else np.zeros((0, 384), np.float32)
+            self.save_cache()
+        return np.stack([self._cache[k] for k in keys]) if texts else np.zeros((0, 384), np.float32)
 
     def build(self, spec: FeatureSpec, replies: Sequence[str], prompts: Sequence[str | None]):
         import numpy as np
