@@ -169,9 +169,10 @@ def validate_judge(
         res = validate(settings, log=console.print)
     except (JudgeHeadError, JudgeDataError, EncoderNotFound, ConnectedJudgeError) as err:
         _fail(str(err))
-    console.print(refusal_table(res))
+    wide = Console(width=max(console.width, 150))  # the tables are wider than a default 80-column log
+    wide.print(refusal_table(res))
     if "harm" in res:
-        console.print(harm_table(res["harm"]))
+        wide.print(harm_table(res["harm"]))
     out = report or out_dir / "validation.json"
     write_json(out, res)
     heads = res.get("heads", {})

@@ -103,10 +103,22 @@ class RefusalHead:
             raise JudgeHeadError(f"refusal judge head {path} is incomplete or malformed ({err!r})") from None
 
 
-def _fit_lr(X, y, C: float, class_weight: str | None = None):
+def _fit_lr(X, y, C: float, class_weight: str | None = None, sample_weight=None):
     from sklearn.linear_model import LogisticRegression
 
-    return LogisticRegression(C=C, max_iter=5000, class_weight=class_weight).fit(X, y)
+    return LogisticRegression(C=C, max_iter=5000, class_weight=class_weight).fit(X, y, sample_weight=sample_weight)
+
+
+def source_weights(sources: Sequence[str]):
+    """Row weights that give every source the same total weight (so no one source's labelling habits dominate)."""
+    import numpy as np
+
+    s = np.asarray(sources)
+    w = np.ones(len(s))
+    names = sorted(set(s.tolist()))
+    for name in names:
+        w[s == name] = len(s) / (len(names) * (s == name).sum())
+    return w
 
 
 def _hybrid_flags(rows: Sequence[Any], probs: Sequence[float], threshold: float = 0.5) -> list[bool]:
@@ -311,7 +323,8 @@ class LinearHead:
 
 
 def fit_linear_head(task: str, spec: FeatureSpec, X, y, *, C: float = 1.0, class_weight: str | None = None,
-                    encoder_ref: str | None = None, meta: dict[str, Any] | None = None) -> LinearHead:
-    model = _fit_lr(X, y, C, class_weight)
+                    sample_weight=None, encoder_ref: str | None = None,
+                    meta: dict[str, Any] | None = None) -> LinearHead:
+    model = _fit_lr(X, y, C, class_weight, sample_weight)
     return LinearHead(task, spec, [float(x) for x in model.coef_[0]], float(model.intercept_[0]), 0.5, C,
                       encoder_ref, meta or {})
