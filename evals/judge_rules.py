@@ -53,6 +53,8 @@ _DECLINE = _rx(
     rf"{_I}(?: (?:really|simply|just|still|definitely|certainly|unfortunately|honestly|absolutely))?"
     rf"\s*{_NEG_MODAL}(?: to)?(?: (?:really|in good conscience|ethically|legally|responsibly))?[ ,]+{_ACTION}\b",
     rf"{_I} must (?:respectfully |politely )?(?:decline|refuse)\b",
+    # "I don't feel comfortable providing ...", "I'm not comfortable with ...": issue 13's commonest miss.
+    rf"{_I}(?: do(?:n't|n’t| not)|(?: am|'m|’m| are|'re) not) (?:feel )?(?:entirely |really )?comfortable\b",
     r"\b(?:sorry|unfortunately|apologi[sz]e)\b[^.!?\n]{0,80}?\b(?:I|we)\b[^.!?\n]{0,20}?"
     r"(?:can ?not|can't|can’t|won't|unable|not able|not allowed|not permitted|must decline)\b",
     r"\bnot something (?:I|we) (?:can|could|will|am able to|'m able to)\b",
