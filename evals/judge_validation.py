@@ -241,10 +241,12 @@ def validate(settings: JudgeValidationSettings, *, builder: FeatureBuilder | Non
     feats = compute_features(rows, builder, harm=has_harm, log=log)
 
     fixed = fixed_predictions(rows)
+    connected_harm: dict[str, tuple[str, list[bool | None]]] = {}
     for cj in settings.connected:
         t = time.perf_counter()
         out = cj.judge_many([r.reply for r in rows], [r.prompt for r in rows])
         fixed[cj.kind] = (cj.name, [j.refused for j in out])
+        connected_harm[cj.kind] = (cj.name, [j.harmful for j in out])
         log(f"{cj.name}: {len(rows)} replies in {time.perf_counter() - t:.0f} s")
     fitted = fitted_refusal_predictions(rows, feats, folds)
 
@@ -279,7 +281,7 @@ def validate(settings: JudgeValidationSettings, *, builder: FeatureBuilder | Non
                      "encoder": getattr(builder.encoder, "path", settings.encoder)},
     }
     if has_harm:
-        result["harm"] = validate_harm(rows, feats, folds, fitted["trained"][1], log=log)
+        result["harm"] = validate_harm(rows, feats, folds, fitted["trained"][1], connected_harm, log=log)
     if settings.out_dir is not None:
         result["heads"] = fit_final_heads(rows, feats, settings, builder, result)
     result["seconds"] = round(time.perf_counter() - t0, 1)
@@ -287,8 +289,11 @@ def validate(settings: JudgeValidationSettings, *, builder: FeatureBuilder | Non
 
 
 def validate_harm(rows: Sequence[LabelledReply], feats: Features, folds: Sequence[Fold],
-                  refusal_preds: dict[str, np.ndarray], log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Leave one model out on the rows with harm labels (Do-Not-Answer)."""
+                  refusal_preds: dict[str, np.ndarray],
+                  connected: dict[str, tuple[str, list[bool | None]]] | None = None,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Leave one model out on the rows with harm labels (Do-Not-Answer); connected judges are scored as they are
+    (an unparsed output counts as not harmful)."""
     assert feats.harm is not None
     labelled = np.array([r.harmful is not None for r in rows])
     y = np.array([bool(r.harmful) for r in rows])
@@ -319,6 +324,8 @@ def validate_harm(rows: Sequence[LabelledReply], feats: Features, folds: Sequenc
                                            **classification_metrics(gold, ~refused, groups)},
                 "never_harmful": {"judge": "constant: not harmful",
                                   **classification_metrics(gold, np.zeros(len(te), bool), groups)},
+                **{kind: {"judge": jname, **classification_metrics(gold, [bool(flags[i]) for i in te], groups)}
+                   for kind, (jname, flags) in (connected or {}).items()},
             }}
     log(f"harm judge: {len(table)} held-out models")
     return {"task": "does the reply carry harmful content (Do-Not-Answer human `harmful` labels)",

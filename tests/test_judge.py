@@ -296,3 +296,21 @@ def test_hybrid_never_calls_a_plain_answer_a_refusal(encoder):
     assert out[0].complied and out[0].score is None
     assert not out[1].complied and out[1].score == 1.0
     assert out[2].label == "refusal" and out[2].score is None   # the rules were sure: no classifier
+
+
+def test_rules_agree_with_xstest_hand_labels(shared_data):
+    """All 450 XSTest replies (the rules are fixed, nothing is fitted): floor 0.93 and above the keyword list.
+    Measured: rules 0.958, keywords 0.938 (docs/SCORERS.md). XSTest is the one source the rules were written
+    against, so this is a regression floor, not evidence of generalisation (the leave-one-source-out table is)."""
+    from evals.judge_data import load_sources
+
+    rows, _ = load_sources(["xstest"], mirror=str(shared_data))
+    assert len(rows) == 450
+
+    def accuracy(j):
+        return sum(j.judge(r.reply, r.prompt).refused == r.not_complying for r in rows) / len(rows)
+
+    rules, keywords = accuracy(RuleRefusalJudge()), accuracy(KeywordRefusalJudge())
+    assert rules >= 0.93 and rules > keywords, (rules, keywords)
+    low, _ = wilson_interval(round(rules * len(rows)), len(rows))
+    assert low > 0.9
