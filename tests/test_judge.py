@@ -219,13 +219,14 @@ def test_classification_metrics():
 
 @pytest.mark.slow
 def test_validation_end_to_end_on_small_slices(shared_data, tmp_path, encoder):
-    """The whole leave-one-out machinery on 24 records per file: folds, every judge, harm, heads written and
-    loadable as the suites load them."""
+    """The whole leave-one-out machinery on 16 records per file: folds, every judge, harm, heads written and
+    loadable as the suites load them, the embedding cache reused without the encoder."""
     from evals.judge_validation import JudgeValidationSettings, validate
-    from evals.scorers.refusal_head import FeatureBuilder
+    from evals.scorers.refusal_head import FeatureBuilder, FeatureSpec
 
-    res = validate(JudgeValidationSettings(mirror=str(shared_data), limit=24, out_dir=tmp_path),
-                   builder=FeatureBuilder(encoder), log=lambda _: None)
+    cache = tmp_path / "cache" / "embeddings.npz"
+    res = validate(JudgeValidationSettings(mirror=str(shared_data), limit=16, out_dir=tmp_path),
+                   builder=FeatureBuilder(encoder, cache_path=cache), log=lambda _: None)
     assert set(res["folds"]["source"]) == {"xstest", "phtest", "donotanswer", "coconot"}
     assert "donotanswer/llama2-7b-chat" in res["refusal"] and "phtest/gpt-3.5" in res["refusal"]
     for entry in res["refusal"].values():
@@ -233,7 +234,12 @@ def test_validation_end_to_end_on_small_slices(shared_data, tmp_path, encoder):
     assert res["refusal"]["coconot"]["judges"]["rules"]["f1"] is None  # no refusals in CoCoNot's chosen replies
     assert set(res["harm"]["table"]) == {f"donotanswer/{m}" for m in
                                          ("GPT4", "ChatGPT", "Claude", "llama2-7b-chat", "vicuna-7b", "ChatGLM2")}
-    assert (tmp_path / "cache" / "embeddings.npz").is_file()
+    from evals.judge_data import load_sources
+
+    rows, _ = load_sources(["phtest"], mirror=str(shared_data), limit=2)
+    cached = FeatureBuilder(cache_path=cache)   # every validation text is in the cache: the encoder never loads
+    X = cached.build(FeatureSpec(("opening",)), [r.reply for r in rows], [r.prompt for r in rows])
+    assert X.shape == (len(rows), 384) and cached.encoder is None
     judge = load_judge(JudgeConfig(kind="trained", refusal_head=str(tmp_path / "refusal-head-v2.json"),
                                    harm_head=str(tmp_path / "harm-head-v2.json")))
     judge.features.encoder = encoder
