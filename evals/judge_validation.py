@@ -38,7 +38,9 @@ from evals.stats import Bootstrap, bootstrap_ci, wilson_interval
 
 MODEL_FOLD_SOURCES = ("phtest", "donotanswer")
 REFUSAL_SPEC = FeatureSpec(("opening", "cues"))
-HARM_SPEC = FeatureSpec(("reply", "prompt", "cues"))
+# The harm head reads the same opening embedding as the refusal head (one encoder pass per reply serves both
+# heads, at validation and at judging time) plus the prompt's embedding: what was asked decides what harm is.
+HARM_SPEC = FeatureSpec(("opening", "prompt", "cues"))
 REFUSAL_C = 1.0
 HARM_C = 1.0
 # Chosen on the held-out table itself (see docs/SCORERS.md): opening embedding + rule cues, every source weighted
