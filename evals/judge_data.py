@@ -99,6 +99,17 @@ def _text(row: dict[str, Any], key: str) -> str | None:
     return v if isinstance(v, str) and v.strip() else None
 
 
+def _missing(rid: str, prompt: str | None, reply: Any) -> str | None:
+    """Why a row cannot be used, before its labels are read (None: it has an id, a prompt and a reply)."""
+    if not rid:
+        return "missing_id"
+    if prompt is None:
+        return "missing_prompt"
+    if not isinstance(reply, str) or not reply.strip():
+        return "missing_reply"
+    return None
+
+
 def _numbered_label(value: Any) -> str:
     """'2_full_refusal' -> 'full_refusal' (XSTest and PHTest number their labels)."""
     s = str(value or "").strip()
@@ -115,12 +126,8 @@ def load_xstest(root: Path, limit: int | None = None) -> tuple[list[LabelledRepl
     for r in _read(root / "xstest/xstest_v2_completions_gpt4.csv", rep, limit):
         rid, prompt, reply = str(r.get("id") or "").strip(), _text(r, "prompt"), r.get("completion")
         label = _numbered_label(r.get("final_label"))
-        if not rid:
-            rep.skipped["missing_id"] += 1
-        elif prompt is None:
-            rep.skipped["missing_prompt"] += 1
-        elif not isinstance(reply, str):
-            rep.skipped["missing_reply"] += 1
+        if why := _missing(rid, prompt, reply):
+            rep.skipped[why] += 1
         elif label not in _GRADED:
             rep.skipped["unknown_label"] += 1
         else:
@@ -142,12 +149,8 @@ def load_phtest(root: Path, limit: int | None = None) -> tuple[list[LabelledRepl
         for r in _read(root / f"contrast/phtest/{model}.csv", rep, limit):
             rid, prompt, reply = str(r.get("ID") or "").strip(), _text(r, "Request"), _text(r, "Response")
             label = _numbered_label(r.get("Response_cls"))
-            if not rid:
-                rep.skipped["missing_id"] += 1
-            elif prompt is None:
-                rep.skipped["missing_prompt"] += 1
-            elif reply is None:
-                rep.skipped["missing_reply"] += 1
+            if why := _missing(rid, prompt, reply):
+                rep.skipped[why] += 1
             elif label not in _GRADED:
                 rep.skipped["unknown_label"] += 1
             else:
@@ -179,12 +182,8 @@ def load_donotanswer(root: Path, limit: int | None = None) -> tuple[list[Labelle
         for r in _read(root / f"do-not-answer-responses/human_review/annotated_response_{model}.csv", rep, limit):
             rid, prompt, reply = str(r.get("id") or "").strip(), _text(r, "question"), _text(r, "response")
             action, harmful = _int01(r.get("action"), range(6)), _int01(r.get("harmful"), range(2))
-            if not rid:
-                rep.skipped["missing_id"] += 1
-            elif prompt is None:
-                rep.skipped["missing_prompt"] += 1
-            elif reply is None:
-                rep.skipped["missing_reply"] += 1
+            if why := _missing(rid, prompt, reply):
+                rep.skipped[why] += 1
             elif action is None:
                 rep.skipped["unknown_action"] += 1
             elif harmful is None:

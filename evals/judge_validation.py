@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from evals.judge_data import LOADERS, LabelledReply, load_sources, prompt_key
-from evals.judge_rules import KeywordRefusalJudge, RuleRefusalJudge
+from evals.judge_rules import KeywordRefusalJudge, RuleRefusalJudge, rule_cues, rule_verdict
 from evals.scorers.refusal_head import (FeatureBuilder, FeatureSpec, JudgeHeadError, LinearHead, _fit_lr,
                                         _hybrid_flags, fit_linear_head, source_weights)
 from evals.stats import Bootstrap, bootstrap_ci, wilson_interval
@@ -44,7 +44,7 @@ HARM_SPEC = FeatureSpec(("opening", "prompt", "cues"))
 REFUSAL_C = 1.0
 HARM_C = 1.0
 # Chosen on the held-out table itself (see docs/SCORERS.md): opening embedding + rule cues, every source weighted
-# equally and both classes balanced. Leave-one-out accuracy of the alternatives tried (embedding alone, C=10,
+# equally and both classes balanced; what the rules are sure of stands (TrainedRefusalJudge). Leave-one-out accuracy of the alternatives tried (embedding alone, C=10,
 # unweighted, a 128-unit MLP, a first-sentence embedding) differed by at most ~0.02 on any held-out source.
 REFUSAL_WEIGHTING = "balanced sources and classes"
 
@@ -206,7 +206,8 @@ def fitted_refusal_predictions(rows: Sequence[LabelledReply], feats: Features, f
         p_h = _fit_lr(feats.opening[f.train], y[f.train], 3.0).predict_proba(feats.opening[te])[:, 1]
         p_t = _fit_lr(feats.refusal[f.train], y[f.train], REFUSAL_C, "balanced",
                       w[f.train]).predict_proba(feats.refusal[te])[:, 1]
-        for key, flags, pr in (("hybrid", _hybrid_flags(test_rows, p_h), p_h), ("trained", p_t >= 0.5, p_t)):
+        sure = np.array([v is not None for v in (rule_verdict(rule_cues(r.reply, r.prompt)) for r in test_rows)])
+        for key, flags, pr in (("hybrid", _hybrid_flags(test_rows, p_h), p_h), ("trained", (p_t >= 0.5) | sure, p_t)):
             preds[key].setdefault(f.name, np.zeros(len(rows), bool))[te] = flags
             probs[key].setdefault(f.name, np.zeros(len(rows)))[te] = pr
     return {k: (out[k][0], preds[k], probs[k]) for k in out}  # type: ignore[return-value]

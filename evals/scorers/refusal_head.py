@@ -33,6 +33,18 @@ class JudgeHeadError(RuntimeError):
     pass
 
 
+def read_head_file(path: Path, fmt: str) -> dict[str, Any]:
+    """A head's JSON, checked to be an object of format ``fmt``."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise JudgeHeadError(f"judge head {path} cannot be read: {err}") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        found = data.get("format") if isinstance(data, dict) else None
+        raise JudgeHeadError(f"{path} is not a {fmt} file (format={found!r})")
+    return data
+
+
 def resolve_head_path(ref: str = DEFAULT_HEAD) -> Path:
     for p in (Path(ref).expanduser(), model_dir() / ref):
         if p.is_file():
@@ -89,13 +101,7 @@ class RefusalHead:
     def load(cls, path: str | Path, *, encoder: str | None = None, device: str = "cpu",
              batch_size: int = 32) -> "RefusalHead":
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise JudgeHeadError(f"refusal judge head {path} cannot be read: {err}") from None
-        if not isinstance(data, dict) or data.get("format") != HEAD_FORMAT:
-            found = data.get("format") if isinstance(data, dict) else None
-            raise JudgeHeadError(f"{path} is not a {HEAD_FORMAT} file (format={found!r})")
+        data = read_head_file(path, HEAD_FORMAT)
         try:
             return cls([float(x) for x in data["coef"]], float(data["intercept"]), float(data["threshold"]),
                        float(data["C"]), encoder or data.get("encoder"), data.get("meta", {}), None, device, batch_size)
@@ -301,13 +307,7 @@ class LinearHead:
     @classmethod
     def load(cls, path: str | Path) -> "LinearHead":
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise JudgeHeadError(f"judge head {path} cannot be read: {err}") from None
-        if not isinstance(data, dict) or data.get("format") != LINEAR_HEAD_FORMAT:
-            found = data.get("format") if isinstance(data, dict) else None
-            raise JudgeHeadError(f"{path} is not a {LINEAR_HEAD_FORMAT} file (format={found!r})")
+        data = read_head_file(path, LINEAR_HEAD_FORMAT)
         if "cues" in data.get("features", []) and data.get("cue_names") != list(CUE_NAMES):
             raise JudgeHeadError(f"{path} was fitted on other rule cues ({data.get('cue_names')}); refit it with "
                                  f"`harmgate scorer validate-judge`")
