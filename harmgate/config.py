@@ -183,8 +183,10 @@ class JudgeConfig(_Section):
         "else rules; llama-guard-3 / harmbench / wildguard: that published classifier (`model`; a GPU in practice)")
     refusal_head: str = Field("harmgate/refusal-judge/refusal-head-v2.json", description="The trained judge's "
                               "refusal head, a path or relative to the model mirror")
-    harm_head: str | None = Field("harmgate/refusal-judge/harm-head-v2.json", description="The trained judge's harm "
-                                  "head (Do-Not-Answer's human labels); null: judge refusal only")
+    harm_head: str | None = Field(None, description="The trained judge's harm head (Do-Not-Answer's human labels; "
+                                  "`validate-judge` writes harmgate/refusal-judge/harm-head-v2.json); null: refusal "
+                                  "only. Off by default: it flags most benign replies outside Do-Not-Answer "
+                                  "(docs/SCORERS.md)")
     head: str = Field("harmgate/refusal-judge/head.json", description="The hybrid judge's head (kind: hybrid), a path "
                       "or relative to the model mirror")
     encoder: str | None = Field(None, description="all-MiniLM-L6-v2 folder or hub id; default: the PyPI package's")
