@@ -5,8 +5,8 @@ only the dashboard was kept (docs/results/issue6), the samples ``report.html`` /
 "Worst generations first" (the tuned output and the base output beside it, with the label the run's judge gave
 the tuned one). Only the refusal-judged suites are re-judged: harmful_compliance, over_refusal, helpfulness.
 
-    PYTHONPATH=. python scripts/rejudge_samples.py --out docs/results/issue13/rejudge \
-        docs/results/issue6/{sft-hh,sft-mix,ulma,dpo}
+    PYTHONPATH=. python scripts/rejudge_samples.py --out docs/results/issue13 \
+        --harm-head harmgate/refusal-judge/harm-head-v2.json docs/results/issue6/{sft-hh,sft-mix,ulma,dpo}
 
 writes ``rejudge.json`` (every changed judgement) and ``rejudge.md`` (counts per run and suite). A dashboard
 holds a ranked subset (the flagged ones first), so its counts bound a KPI's change; they do not recompute it.
@@ -144,12 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("runs", nargs="+", type=Path, help="run directories or folders holding a dashboard")
     ap.add_argument("--out", type=Path, required=True, help="output folder (rejudge.json, rejudge.md)")
     ap.add_argument("--kind", default="trained", help="evals.judge.kind of the new judge (default trained)")
+    ap.add_argument("--harm-head", default=None, help="evals.judge.harm_head (e.g. harmgate/refusal-judge/"
+                                                      "harm-head-v2.json); default none")
     args = ap.parse_args(argv)
 
     from evals.judge import load_judge
     from harmgate.config import JudgeConfig
 
-    judge = load_judge(JudgeConfig(kind=args.kind))
+    judge = load_judge(JudgeConfig(kind=args.kind, harm_head=args.harm_head))
     samples = [s for ref in args.runs for s in load_samples(ref)]
     print(f"{len(samples)} samples from {len(args.runs)} runs; judge {judge.name}", file=sys.stderr)
     res = rejudge(samples, judge)
