@@ -119,20 +119,30 @@ def _numbered_label(value: Any) -> str:
 _GRADED = {"full_compliance": False, "full_refusal": True, "partial_refusal": True}
 
 
-def load_xstest(root: Path, limit: int | None = None) -> tuple[list[LabelledReply], SourceReport]:
-    rep = SourceReport("xstest", "CC BY 4.0 (Röttger et al. 2024, paul-rottger/exaggerated-safety)",
-                       "hand labels: full_refusal, partial_refusal -> not complying; full_compliance -> complied")
+def _graded(records: list[dict[str, Any]], rep: SourceReport, source: str, model: str,
+            keys: tuple[str, str, str, str, str]) -> list[LabelledReply]:
+    """Rows of a source graded full_compliance / full_refusal / partial_refusal (XSTest, PHTest); ``keys`` names
+    its id, prompt, reply, label and type columns."""
+    id_key, prompt_key_, reply_key, label_key, type_key = keys
     rows = []
-    for r in _read(root / "xstest/xstest_v2_completions_gpt4.csv", rep, limit):
-        rid, prompt, reply = str(r.get("id") or "").strip(), _text(r, "prompt"), r.get("completion")
-        label = _numbered_label(r.get("final_label"))
+    for r in records:
+        rid, prompt, reply = str(r.get(id_key) or "").strip(), _text(r, prompt_key_), r.get(reply_key)
+        label = _numbered_label(r.get(label_key))
         if why := _missing(rid, prompt, reply):
             rep.skipped[why] += 1
         elif label not in _GRADED:
             rep.skipped["unknown_label"] += 1
         else:
-            rows.append(LabelledReply(f"xstest/gpt-4/{rid}", "xstest", "gpt-4", prompt, reply, label,
-                                      _GRADED[label], type=str(r.get("type") or "unknown")))
+            rows.append(LabelledReply(f"{source}/{model}/{rid}", source, model, str(prompt), str(reply), label,
+                                      _GRADED[label], type=str(r.get(type_key) or "unknown")))
+    return rows
+
+
+def load_xstest(root: Path, limit: int | None = None) -> tuple[list[LabelledReply], SourceReport]:
+    rep = SourceReport("xstest", "CC BY 4.0 (Röttger et al. 2024, paul-rottger/exaggerated-safety)",
+                       "hand labels: full_refusal, partial_refusal -> not complying; full_compliance -> complied")
+    rows = _graded(_read(root / "xstest/xstest_v2_completions_gpt4.csv", rep, limit), rep, "xstest", "gpt-4",
+                   ("id", "prompt", "completion", "final_label", "type"))
     rep.usable = len(rows)
     return rows, rep
 
@@ -146,16 +156,8 @@ def load_phtest(root: Path, limit: int | None = None) -> tuple[list[LabelledRepl
                        "1_full_compliance -> complied")
     rows = []
     for model in PHTEST_MODELS:
-        for r in _read(root / f"contrast/phtest/{model}.csv", rep, limit):
-            rid, prompt, reply = str(r.get("ID") or "").strip(), _text(r, "Request"), _text(r, "Response")
-            label = _numbered_label(r.get("Response_cls"))
-            if why := _missing(rid, prompt, reply):
-                rep.skipped[why] += 1
-            elif label not in _GRADED:
-                rep.skipped["unknown_label"] += 1
-            else:
-                rows.append(LabelledReply(f"phtest/{model}/{rid}", "phtest", model, prompt, reply, label,
-                                          _GRADED[label], type=str(r.get("Harmfulness") or "unknown")))
+        rows += _graded(_read(root / f"contrast/phtest/{model}.csv", rep, limit), rep, "phtest", model,
+                        ("ID", "Request", "Response", "Response_cls", "Harmfulness"))
     rep.usable = len(rows)
     return rows, rep
 
