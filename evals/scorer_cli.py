@@ -296,40 +296,86 @@ def eval_(
 
 @scorer_app.command("validate-judge")
 def validate_judge(
-    data: Optional[str] = typer.Option(None, help="xstest_v2_completions_gpt4.csv (default: in the data mirror)"),
-    mirror: Optional[str] = typer.Option(None), seed: int = typer.Option(0, help="dev/test split seed"),
+    source: Optional[list[str]] = typer.Option(None, "--source", help="Labelled-reply sources (repeat; default all: "
+                                               "xstest, phtest, donotanswer, coconot)"),
+    mirror: Optional[str] = typer.Option(None, help="Data mirror (HARMGATE_DATA_MIRROR overrides)"),
+    limit: int = typer.Option(-1, help="At most this many records per file (-1: all; quick looks and CI)"),
+    seed: int = typer.Option(0, help="Prompt-half split seed of the leave-one-model-out folds"),
     encoder: Optional[str] = typer.Option(None, help="all-MiniLM-L6-v2 folder or hub id"),
-    head_out: Optional[Path] = typer.Option(None, help="Where the fitted head goes (default <model mirror>/"
-                                                       "harmgate/refusal-judge/head.json)"),
-    report: Optional[Path] = typer.Option(None, help="JSON report (default: validation.json beside the head)"),
+    out_dir: Optional[Path] = typer.Option(None, help="Where the fitted heads go (default <model mirror>/"
+                                                      "harmgate/refusal-judge)"),
+    report: Optional[Path] = typer.Option(None, help="JSON report (default: validation.json in --out-dir)"),
+    connected: Optional[list[str]] = typer.Option(None, "--connected", help="Also score a connected judge, "
+                                                  "KIND or KIND=MODEL (llama-guard-3, harmbench, wildguard); a GPU"),
+    harm: bool = typer.Option(True, help="Validate and fit the harm head (Do-Not-Answer's labels)"),
     device: str = typer.Option("cpu"),
 ) -> None:
-    """Fit the judge's classifier head on the XSTest dev half; report every judge's accuracy on the test half."""
+    """Leave-one-source-out (and leave-one-model-out) validation of every judge; fit and write the trained heads."""
+    from evals.connected_judges import CONNECTED_JUDGES, ConnectedJudgeError
+    from evals.judge_data import JudgeDataError
+    from evals.judge_validation import JudgeValidationSettings, validate
     from evals.scorers.encoder import EncoderNotFound
-    from evals.scorers.refusal_head import JudgeHeadError, default_head_path, validate_judges
+    from evals.scorers.refusal_head import JudgeHeadError
+    from harmgate.mirror import model_dir
     from harmgate.rundir import write_json
 
-    head_path = head_out or default_head_path()
+    out_dir = out_dir or model_dir() / "harmgate" / "refusal-judge"
+    judges = []
     try:
-        res = validate_judges(data=data, mirror=mirror, seed=seed, encoder=encoder, head_out=head_path,
-                              device=device, log=console.print)
-    except (JudgeHeadError, EncoderNotFound) as err:
+        for spec in connected or []:
+            kind, _, ref = spec.partition("=")
+            if kind not in CONNECTED_JUDGES:
+                _fail(f"--connected {spec!r}: unknown judge {kind!r} (known: {', '.join(CONNECTED_JUDGES)})")
+            judges.append(CONNECTED_JUDGES[kind].load(ref or None, device=device))
+        settings = JudgeValidationSettings(sources=tuple(source) if source else JudgeValidationSettings.sources,
+                                           mirror=mirror, limit=_limit(limit), seed=seed, encoder=encoder,
+                                           device=device, out_dir=out_dir, harm=harm, connected=judges)
+        res = validate(settings, log=console.print)
+    except (JudgeHeadError, JudgeDataError, EncoderNotFound, ConnectedJudgeError) as err:
         _fail(str(err))
-    table = Table(title=f"refused vs complied, XSTest test half ({res['data']['test_rows']} rows, never fitted on)")
-    for col in ("judge", "accuracy", "95% CI", "complied, judged not", "not complying, judged complied",
-                "replies/s"):
-        table.add_column(col)
-    for key, r in res["test_half"].items():
-        c = r["confusion"]
-        table.add_row(escape(f"{key} ({r['judge']})"), f"{r['accuracy']:.4f}", escape(str(r["accuracy_wilson95"])),
-                      f"{c['gold_complied']['pred_not_complying']} of {sum(c['gold_complied'].values())}",
-                      f"{c['gold_not_complying']['pred_complied']} of {sum(c['gold_not_complying'].values())}",
-                      f"{r['replies_per_second']}")
-    console.print(table)
-    cv = res["cross_validation_5fold_all_rows"]
-    console.print(escape(f"hybrid, 5-fold cross-validation over all {cv['n']} rows: accuracy {cv['accuracy']:.4f} "
-                         f"(95% CI {cv['accuracy_wilson95']})"))
-    out = report or head_path.with_name("validation.json")
+    wide = Console(width=max(console.width, 150))  # the tables are wider than a default 80-column log
+    wide.print(refusal_table(res))
+    if "harm" in res:
+        wide.print(harm_table(res["harm"]))
+    out = report or out_dir / "validation.json"
     write_json(out, res)
-    console.print(f"head: {res['head']['path']} (fingerprint {res['head']['fingerprint']})\nreport: {out}")
-    console.print_json(json.dumps({k: v["confusion"] for k, v in res["test_half"].items()}))
+    heads = res.get("heads", {})
+    console.print("\n".join(f"{k} head: {v['path']} ({v['fingerprint']})" for k, v in heads.items()))
+    console.print(f"report: {out} ({res['seconds']} s)")
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def _ci(ci: list | None) -> str:
+    return "-" if not ci or None in ci else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def refusal_table(res: dict[str, Any]) -> Table:
+    """One row per held-out set and judge: accuracy [prompt-bootstrap CI], refusal F1, confusion."""
+    table = Table(title="refused vs complied, held out (leave one source out; source/model: leave one model out)")
+    for col in ("held out", "n", "judge", "accuracy", "95% CI", "refusal F1", "95% CI ", "complied→refused",
+                "refused→complied"):
+        table.add_column(col)
+    for name, entry in res["refusal"].items():
+        for key, m in entry["judges"].items():
+            c = m["confusion"]
+            table.add_row(escape(name), str(m["n"]), escape(key), _pct(m["accuracy"]), _ci(m["accuracy_ci95"]),
+                          _pct(m["f1"]), _ci(m["f1_ci95"]),
+                          f"{c['gold_negative']['pred_positive']}/{sum(c['gold_negative'].values())}",
+                          f"{c['gold_positive']['pred_negative']}/{sum(c['gold_positive'].values())}")
+        table.add_section()
+    return table
+
+
+def harm_table(harm: dict[str, Any]) -> Table:
+    table = Table(title="harmful reply (Do-Not-Answer human labels), leave one model out")
+    for col in ("held out", "n", "harmful", "judge", "AUC", "accuracy", "F1", "precision", "recall"):
+        table.add_column(col)
+    for name, entry in harm["table"].items():
+        for key, m in entry["judges"].items():
+            table.add_row(escape(name), str(m["n"]), str(entry["positives"]), escape(key), _pct(m.get("auc")),
+                          _pct(m["accuracy"]), _pct(m["f1"]), _pct(m["precision"]), _pct(m["recall"]))
+        table.add_section()
+    return table

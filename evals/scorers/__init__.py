@@ -5,8 +5,7 @@ Detoxify hub checkpoint, a locally trained Detoxify-format checkpoint or any oth
 
 - ``load_toxicity_scorer(cfg)``: the scorer ``evals.toxicity_scorer`` names (detoxify_scorer.py)
 - ``harmgate scorer train``: builds harmgate's default checkpoint (train.py; data: datasets.py, hate_sources.py,
-  corpus.py; validation: functional.py, loo.py; the portable folder: checkpoint.py)
-- the refusal judge's classifier head and its XSTest validation (refusal_head.py; the judge is evals/judge.py)
+- the refusal judge's trained heads (refusal_head.py; the judges are evals/judge.py, validation evals/judge_validation.py)
 """
 
 from evals.scorers.base import TextScorer
