@@ -439,7 +439,10 @@ def _registry(config: Any, run: RunDir, enabled: bool) -> RegistryView | None:
         return view
     try:
         from gates.registry import Registry, RegistryError
-
+    except ImportError as err:  # e.g. the signing library is not installed where the report is made
+        view.error = f"registry not readable here: {err}"
+        return view
+    try:
         view.rows = list(reversed(Registry(store).list_versions(config.name)))  # newest first
     except RegistryError as err:
         view.error = f"registry not reachable: {err}"
