@@ -72,7 +72,9 @@ log() { echo "[$(date -u +%T)] $*" | tee -a "$W/round.log"; }
 
 recipe_job() {  # data -> train -> (wait for base) -> tuned eval -> gate -> report
   local recipe=$1 run=/tmp/runs/$1 rc=0
-  python3 -m harmgate data "configs/recipes/$recipe.yaml" --run-dir "$run" > "$W/$recipe.log" 2>&1 || { log "$recipe: data FAILED"; return 3; }
+  if [ ! -f "$run/data/data_manifest.json" ]; then  # the first recipe's data stage ran in the sampling pass
+    python3 -m harmgate data "configs/recipes/$recipe.yaml" --run-dir "$run" > "$W/$recipe.log" 2>&1 || { log "$recipe: data FAILED"; return 3; }
+  fi
   python3 -m harmgate train "$run" >> "$W/$recipe.log" 2>&1 || { log "$recipe: train FAILED"; return 3; }
   log "$recipe: trained"
   while [ ! -f "$W/base.done" ]; do sleep 5; done
