@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from align.mixture import normalise
+from align.text import normalise
 from gates.records import model_prefix, object_prefix, parse_lines
 from gates.s3 import ObjectStore
 from harmgate.rundir import write_json, write_text_atomic

@@ -35,6 +35,7 @@ from align.instructions import instruction_to_messages
 from align.leakcheck import EvalIndex
 from align.sources import SourceRows, read_source
 from align.synthesis import PROMPT_COLUMNS, Outcome, Synthesizer, continuation_prompt
+from align.text import normalise
 from align.transcripts import (RowError, TranscriptError, parse_transcript, split_preference_pair,
                                split_prompt_completion)
 from harmgate.config import ColumnMap, DataConfig, DataSource
@@ -67,11 +68,6 @@ class DataLeakError(ValueError):
 class Mixture:
     examples: list[dict[str, Any]]
     manifest: dict[str, Any]
-
-
-def normalise(text: str) -> str:
-    """Casefolded, whitespace-collapsed text: the key for dedup and leak checks."""
-    return " ".join(text.casefold().split())
 
 
 def row_to_example(row: dict[str, Any], source: DataSource) -> dict[str, Any]:

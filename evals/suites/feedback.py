@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from align.mixture import normalise
+from align.text import normalise
 from evals.stats import rate_metric
 from evals.suites.base import (EvalItem, Suite, SuiteConfigError, SuiteContext, SuiteResult, register_suite,
                                sample_record)
