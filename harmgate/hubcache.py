@@ -217,6 +217,10 @@ def hub_refs(config) -> list[HubRef]:
             elif ref is not None and not local(ref):
                 refs.append(HubRef("dataset", ref, f"evals.suites[{cfg.name}].{spec.key}", None, spec.data_dir,
                                    spec.split))
+        for spec in suite.template_sources:
+            if spec.hub:
+                refs.append(HubRef("dataset", spec.hub, f"evals.suites[{cfg.name}] templates {spec.key}",
+                                   spec.hub_config, spec.data_dir, spec.split))
     checkpoint = config.evals.toxicity_scorer.checkpoint
     if checkpoint in MODEL_URLS and not local(checkpoint):
         refs.append(HubRef("torch_hub", MODEL_URLS[checkpoint], f"evals.toxicity_scorer.checkpoint={checkpoint}"))

@@ -246,7 +246,63 @@ def production_datasets(mirror: Path, n: int) -> dict[str, tuple[dict[str, bytes
         {**bbq_files, "README.md": _readme([{"config_name": "All", "data_files": [{"split": "test",
                                                                                   "path": "data/*.jsonl"}]}])},
         [ArrowBuild("json", {"test": sorted(bbq_files)}, config_name="All")])
+    out.update(attack_datasets(mirror, n))
+    out.update(capability_datasets(mirror, n))
     return out
+
+
+def _parquet_repo(splits_by_config: dict[str | None, dict[str, list[dict[str, Any]]]]
+                  ) -> tuple[dict[str, bytes], list[ArrowBuild]]:
+    """A parquet dataset repo: ``{config}/{split}-00000-of-00001.parquet`` per named config (declared in the
+    card, as multi-config hub repos do), ``data/{split}-...`` for the default one."""
+    files: dict[str, bytes] = {}
+    builds: list[ArrowBuild] = []
+    card: list[dict[str, Any]] = []
+    for config, splits in splits_by_config.items():
+        folder = config or "data"
+        paths = {split: [f"{folder}/{split}-00000-of-00001.parquet"] for split in splits}
+        files.update({paths[split][0]: _pq(rows) for split, rows in splits.items()})
+        builds.append(ArrowBuild("parquet", paths, config_name=config or "default"))
+        card.append({"config_name": config or "default",
+                     "data_files": [{"split": split, "path": f"{folder}/{split}-*"} for split in splits]})
+    if any(config is not None for config in splits_by_config):
+        files["README.md"] = _readme(card)
+    return files, builds
+
+
+def attack_datasets(mirror: Path, n: int) -> dict[str, tuple[dict[str, bytes], list[ArrowBuild]]]:
+    """The attack suite's request pool (walledai's column names: prompt, category) and the jailbreak templates'
+    repo file (read by name through huggingface_hub)."""
+    from evals.suites.attacks import JAILBREAK_600, STRONGREJECT
+
+    pool = [{"prompt": r["forbidden_prompt"], "category": r["category"], "source": r["source"]}
+            for r in _rows(mirror, STRONGREJECT.mirror, n)]
+    templates = (mirror / JAILBREAK_600.mirror).read_bytes()
+    return {STRONGREJECT.hub: _parquet_repo({None: {STRONGREJECT.split: pool}}),
+            JAILBREAK_600.hub: ({JAILBREAK_600.hub_files[0]: templates}, [])}
+
+
+def _hellaswag_hub_row(row: dict[str, Any]) -> dict[str, Any]:
+    """Rowan/hellaswag's schema from the mirror's preprocessed copy (context already joined, so all in ctx_a)."""
+    return {"ind": row["ind_in_file"], "activity_label": row["activity_label_pp"], "ctx_a": row["ctx_pp"],
+            "ctx_b": "", "ctx": row["ctx_pp"], "endings": list(row["endings_pp"]), "source_id": "",
+            "split": "val", "split_type": "indomain", "label": str(row["label"])}
+
+
+def capability_datasets(mirror: Path, n: int) -> dict[str, tuple[dict[str, bytes], list[ArrowBuild]]]:
+    """The capability suite's lm-eval datasets, one repo per hub id (ARC's two configs in one repo), ``n`` rows
+    a task, in the hub schemas lm-eval's stock tasks read."""
+    from evals.suites.capability import TASKS
+
+    convert = {"hellaswag": _hellaswag_hub_row,
+               "winogrande": lambda r: {k: r[k] for k in ("sentence", "option1", "option2", "answer")}}
+    repos: dict[str, dict[str | None, dict[str, list[dict[str, Any]]]]] = {}
+    for task in TASKS.values():
+        spec = task.source
+        rows = [convert.get(spec.key, dict)(r) for r in _rows(mirror, spec.mirror, n)]
+        rows = [{k: v for k, v in r.items() if k != "_file"} for r in rows]
+        repos.setdefault(spec.hub, {})[spec.hub_config if spec.hub_config != "default" else None] = {spec.split: rows}
+    return {hub: _parquet_repo(configs) for hub, configs in repos.items()}
 
 
 def build_production_cache(root: Path, mirror: Path, *, rows: int = 24) -> HubCache:

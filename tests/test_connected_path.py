@@ -107,7 +107,7 @@ def _corefbias_clone(dest: Path) -> Path:
 def _derived_config(tmp_path: Path, store) -> Path:
     """configs/llama31-8b.yaml with CI sizes; everything it names by hub id stays a hub id.
 
-    Changed, and why: sizes (steps, rows, items, tokens, k); CPU-only training settings (no Liger: Triton needs
+    Changed, and why: sizes (steps, rows, items, documents per capability task, tokens, k); CPU-only training settings (no Liger: Triton needs
     CUDA; float32 compute: bitsandbytes' CPU 4-bit kernels compute in float32); the store (the test's SeaweedFS
     instead of AWS S3); the policy file as an absolute path (the config is written elsewhere); WinoBias's folder.
     """
@@ -122,7 +122,10 @@ def _derived_config(tmp_path: Path, store) -> Path:
         source["limit"] = 24
     cfg["evals"]["generation"] = {"max_new_tokens": 4, "batch_size": 8}
     for suite in cfg["evals"]["suites"]:
-        suite["limit"] = 4
+        if suite["name"] == "capability":  # samples per task, not per suite
+            suite["options"] = {**suite.get("options", {}), "per_task_limit": 2}
+        else:
+            suite["limit"] = 4
         if suite.get("k", 1) > 1:
             suite["k"] = 2
         if suite["name"] == "bias_winobias":
@@ -354,7 +357,7 @@ def test_the_cache_holds_exactly_what_the_production_config_names(hub_cache):
     assert ("model", "meta-llama/Llama-3.1-8B-Instruct") in wanted and ("dataset", "GAIR/lima") in wanted
 
 
-def test_a_dataset_the_hub_did_not_give_fails_before_training(hub_cache, tmp_path, s3_store):
+def test_a_dataset_the_hub_did_not_give_fails_before_training(hub_cache, tmp_path, s3_store, signing_key):
     """A gated dataset whose terms were not accepted never reaches the cache: the run stops at the data stage (it
     reads every eval prompt for the leak check), names the dataset and says how to get access; nothing trains."""
     from harmgate.hubcache import HubCache

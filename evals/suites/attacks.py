@@ -45,7 +45,9 @@ STRONGREJECT = SourceSpec(
     description="StrongREJECT forbidden prompts (Souly et al. 2024) minus the 25 in AdvBench/JailbreakBench, "
                 "by category: the attack pool")
 JAILBREAK_600 = SourceSpec(
-    "jailbreak_600", mirror="jailbreaks/dv-sft/jailbreak_600.csv", licence="not stated (JailBreakV-28K: MIT)",
+    # The file sits at the dataset repo's root (the mirror copies Onedory/dv_SFT_dataset @24bbd0a whole).
+    "jailbreak_600", hub="Onedory/dv_SFT_dataset", hub_files=("jailbreak_600.csv",),
+    mirror="jailbreaks/dv-sft/jailbreak_600.csv", licence="not stated (JailBreakV-28K: MIT)",
     description="JailBreakV-28K text jailbreaks via dv_SFT_dataset: templates (a fixed seeded subset)")
 
 

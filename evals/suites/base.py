@@ -129,6 +129,9 @@ class Suite:
     description: ClassVar[str] = ""
     kind: ClassVar[Kind] = "generation"
     sources: ClassVar[tuple[SourceSpec, ...]] = ()
+    # Data a suite reads besides its items (the attack suite's jailbreak templates): fixed, not re-pointable, but
+    # fetched like any source (harmgate.hubcache.hub_refs lists them for a connected user's cache).
+    template_sources: ClassVar[tuple[SourceSpec, ...]] = ()
     metrics_doc: ClassVar[dict[str, str]] = {}      # metric -> what it means (and which way is better)
     stratify_by: ClassVar[str | None] = "source"
     prompt_format: ClassVar[Literal["chat", "raw"]] = "chat"
