@@ -1,6 +1,6 @@
 """Production feedback -> a point-wise training set for the next ULMA run, plus a held-out split for its gate.
 
-Reads what the service stored under ``<prefix>/<name>/<version>/{completions,feedback}/`` (gates/records.py), joins
+Reads what the service stored under ``<prefix>/<name>/<version>/{completions,feedback}/`` (harmgate/records.py), joins
 each rating with the completion it rates (the prompt messages and the reply the client received), and writes:
 
 - ``train.jsonl``: one row per rated completion, ``{id, messages, reply, label, rating, category, completion_id,
@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from align.text import normalise
-from gates.records import model_prefix, object_prefix, parse_lines
-from gates.s3 import ObjectStore
+from harmgate.records import model_prefix, object_prefix, parse_lines
+from harmgate.objectstore import ObjectStore
 from harmgate.rundir import write_json, write_text_atomic
 
 EXPORT_SCHEMA = "harmgate.feedback_export/1"

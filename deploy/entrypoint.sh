@@ -80,7 +80,7 @@ case "$command" in
   init-bucket)
     require_config
     exec python -c 'import os, sys
-from gates.s3 import ObjectStore, RegistryError
+from harmgate.objectstore import ObjectStore, RegistryError
 from harmgate.config import load_config
 store = load_config(os.environ["HARMGATE_CONFIG"]).store
 try:

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from gates.s3 import RegistryError, sha256_file
+from harmgate.objectstore import RegistryError, sha256_file
 
 MANIFEST_SCHEMA = "harmgate.manifest/2"
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from gates.manifest import build_manifest, digest, file_entries, safe_relpath, utc_now
-from gates.s3 import (ObjectExists, ObjectNotFound, ObjectStore, RegistryError, StoreUnavailable, stored_problems,
+from harmgate.objectstore import (ObjectExists, ObjectNotFound, ObjectStore, RegistryError, StoreUnavailable, stored_problems,
                       sha256_and_etag)
 from gates.trust import (MANIFEST_PATH, CheckFailed, Statement, TrustError, TrustStore, trust_path,
                          verify_model_signature, verify_revocations)

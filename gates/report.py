@@ -428,7 +428,7 @@ def _kpi_rows(verdict: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 
 def _registry(config: Any, run: RunDir, enabled: bool) -> RegistryView | None:
-    from gates.s3 import endpoint_label
+    from harmgate.objectstore import endpoint_label
 
     store = config.store
     publish, _ = _read_optional(run.publish_record)

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from gates.trust import (ALGORITHMS, REVOCATIONS_PAYLOAD_TYPE, REVOCATIONS_SCHEMA, TrustStore, algorithm_of,
                          iso, key_id, pae, utc_now)
-from gates.s3 import RegistryError
+from harmgate.objectstore import RegistryError
 from harmgate.config import StoreConfig
 
 CURVES = {"p256": ec.SECP256R1, "p384": ec.SECP384R1, "p521": ec.SECP521R1}

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from gates.s3 import STATE_FILE, ObjectStore, RegistryError, StoreAccessDenied, StoreUnavailable, read_local_state
+from harmgate.objectstore import STATE_FILE, ObjectStore, RegistryError, StoreAccessDenied, StoreUnavailable, read_local_state
 from harmgate.config import StoreConfig
 
 DEFAULT_BUCKET = StoreConfig().bucket

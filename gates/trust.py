@@ -34,7 +34,7 @@ from cryptography import exceptions as crypto_exceptions
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gates.s3 import RegistryError
+from harmgate.objectstore import RegistryError
 from harmgate.config import StoreConfig
 
 TRUST_SCHEMA = "harmgate.trust/1"

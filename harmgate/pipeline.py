@@ -58,7 +58,7 @@ def preflight(config: RunConfig, *, publish: bool = False) -> None:
 
 def _signing_problems(config: RunConfig) -> list[str]:
     """The publish stage signs with the private key and checks it against the trust file: both must work now."""
-    from gates.s3 import RegistryError
+    from harmgate.objectstore import RegistryError
     from gates.signer import check_can_sign, load_signing_key
     from gates.trust import load_trust
 

@@ -15,8 +15,8 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from gates.s3 import ObjectStore
-from gates.records import model_prefix, object_prefix, parse_lines
+from harmgate.objectstore import ObjectStore
+from harmgate.records import model_prefix, object_prefix, parse_lines
 from serve.spool import Spool
 
 KIND = "completions"

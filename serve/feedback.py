@@ -20,7 +20,7 @@ from flask import Flask, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gates.registry import Registry
-from gates.s3 import RegistryError
+from harmgate.objectstore import RegistryError
 from harmgate.config import FeedbackConfig
 from serve.completion_log import CompletionLog, owner_id
 from serve.errors import RequestProblem

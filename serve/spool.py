@@ -8,7 +8,7 @@ Layout under ``spool_dir``, one folder per (model, version, kind), kind = ``comp
 ``append`` writes one JSON line and fsyncs before it returns, so a record the service acknowledged survives a
 crash or a kill. A flush (every ``flush_interval_s``, at ``flush_records`` waiting records, and on ``close``)
 renames the open segment to a sealed one and uploads every sealed segment to
-``<prefix>/<name>/<version>/<kind>/<sealed name>`` (gates/records.py) with If-None-Match (an upload repeated after a crash finds its
+``<prefix>/<name>/<version>/<kind>/<sealed name>`` (harmgate/records.py) with If-None-Match (an upload repeated after a crash finds its
 own object and is not duplicated), then deletes the local file. An unreachable store leaves the sealed files for
 the next flush. On start, ``recover`` seals the open segments of processes that died (their flock is free) and
 uploads them: no acknowledged record is lost on restart. Several worker processes can share one spool folder.
@@ -28,8 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from gates.records import object_prefix, parse_lines
-from gates.s3 import ObjectExists, ObjectStore, RegistryError
+from harmgate.records import object_prefix, parse_lines
+from harmgate.objectstore import ObjectExists, ObjectStore, RegistryError
 
 log = logging.getLogger("harmgate.serve")
 OPEN_PREFIX = "open-"

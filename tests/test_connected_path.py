@@ -161,7 +161,8 @@ def test_production_config_runs_end_to_end_from_the_hub_cache(hub_cache, tmp_pat
     tox = json.loads((run_dir / "evals" / "tuned" / "toxicity_rtp.json").read_text())
     assert tox["info"]["toxicity_scorer"] == "detoxify:original:toxicity"
     assert [s["origin"].get("hub") for s in tox["sources"]] == ["allenai/real-toxicity-prompts"]
-    for suite in ("harmful_compliance", "over_refusal", "helpfulness", "bias_bbq", "bias_crows_pairs", "hh_preference"):
+    for suite in ("harmful_compliance", "over_refusal", "helpfulness", "bias_bbq", "bias_crows_pairs", "hh_preference",
+                  "attack_robustness", "capability"):
         record = json.loads((run_dir / "evals" / "tuned" / f"{suite}.json").read_text())
         assert all("hub" in s["origin"] for s in record["sources"]), (suite, record["sources"])
 

@@ -14,7 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from align.feedback import export_feedback, is_heldout, write_export
-from gates.s3 import ObjectStore
+from harmgate.objectstore import ObjectStore
 from harmgate.config import ConfigError, DataConfig, SuiteConfig, parse_config
 from serve.spool import Spool
 

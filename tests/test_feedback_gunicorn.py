@@ -9,8 +9,8 @@ import signal
 
 import requests
 
-from gates.records import object_prefix, parse_lines
-from gates.s3 import ObjectStore
+from harmgate.records import object_prefix, parse_lines
+from harmgate.objectstore import ObjectStore
 from serve.completion_log import owner_id
 from serve.spool import Spool
 from tests.store_fixtures import free_port

@@ -19,7 +19,7 @@ import requests
 import yaml
 
 from align.feedback import is_heldout
-from gates.records import object_prefix, parse_lines
+from harmgate.records import object_prefix, parse_lines
 from gates.registry import Registry
 from tests.store_fixtures import SIGNING_KEY, free_port
 from tests.test_serve import wait_until

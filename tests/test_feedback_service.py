@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from gates.records import object_prefix, parse_lines
+from harmgate.records import object_prefix, parse_lines
 from gates.registry import Registry
 from harmgate.config import StoreConfig, parse_config
 from serve.completion_log import CompletionLog, owner_id

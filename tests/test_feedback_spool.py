@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gates.records import object_prefix, parse_lines
-from gates.s3 import ObjectStore
+from harmgate.records import object_prefix, parse_lines
+from harmgate.objectstore import ObjectStore
 from harmgate.config import StoreConfig
 from serve.spool import Spool
 from tests.store_fixtures import free_port
@@ -73,7 +73,7 @@ def test_close_uploads_what_waits_and_versions_and_kinds_stay_apart(s3_store, tm
 
 WRITER = """
 import os, signal, sys
-from gates.s3 import ObjectStore
+from harmgate.objectstore import ObjectStore
 from harmgate.config import StoreConfig
 from serve.spool import Spool
 store = StoreConfig.model_validate_json(sys.argv[1])

@@ -460,7 +460,7 @@ def test_large_files_go_multipart_and_are_verified_by_etag(proxied, s3_store, tm
 
 
 def test_upload_refuses_a_file_that_changed_after_the_manifest(s3_store, tmp_path):
-    from gates.s3 import ObjectStore, sha256_and_etag
+    from harmgate.objectstore import ObjectStore, sha256_and_etag
 
     path = tmp_path / "weights.bin"
     path.write_bytes(b"x" * 1000)

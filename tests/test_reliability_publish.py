@@ -23,7 +23,7 @@ from botocore.exceptions import ConnectionClosedError
 
 from gates.publish import publish_run
 from gates.registry import NotApproved, Registry, StoreUnavailable, VersionNotFound
-from gates.s3 import sha256_file
+from harmgate.objectstore import sha256_file
 from harmgate.rundir import read_json
 from tests.reliability_support import CHAT, KillableStore, live_service, passed_run, service_config
 

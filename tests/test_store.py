@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gates.s3 import ObjectStore, StoreAccessDenied, StoreUnavailable, make_s3_client, resolve_credentials
+from harmgate.objectstore import ObjectStore, StoreAccessDenied, StoreUnavailable, make_s3_client, resolve_credentials
 from gates.store import DEFAULT_PORTS, GRPC_OFFSET, StoreError, store_down, store_status, store_up, weed_binary
 from harmgate.config import StoreConfig
 from tests.store_fixtures import free_port
