@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from align.models import load_causal_lm, load_tokenizer
+from align.start import StartingPointError, starting_point
 from harmgate.config import RunConfig
 from harmgate.rundir import RunDir, read_json, replace_dir, write_json
 
@@ -23,7 +24,13 @@ def merge_adapter(run: RunDir, config: RunConfig) -> Path:
     started = time.time()
     # Full precision for the merge itself; the saved dtype follows the config (float32 on CPU runs).
     dtype = config.model.torch_dtype if config.model.torch_dtype != "auto" else "float32"
-    base = load_causal_lm(config.model.base, revision=config.model.revision, dtype=dtype)
+    start = starting_point(config)  # the adapter was trained on these weights (model.init_from, or the base)
+    trained = read_json(run.train_metrics).get("init_from") if run.train_metrics.is_file() else None
+    if (trained or {}).get("weights_sha256") != start.weights_sha256:
+        raise StartingPointError(f"merge: the adapter in {run.adapter_dir} was trained from "
+                                 f"{(trained or {}).get('ref') or config.model.base}, but model.init_from now gives "
+                                 f"{start.identity}: the starting weights changed since training; retrain")
+    base = load_causal_lm(start.ref, revision=start.revision, dtype=dtype)
     tokenizer = load_tokenizer(config.model.base, revision=config.model.revision)
     merged = PeftModel.from_pretrained(base, run.adapter_dir).merge_and_unload()
     for cfg in (merged.config, merged.generation_config):
@@ -38,6 +45,7 @@ def merge_adapter(run: RunDir, config: RunConfig) -> Path:
     tokenizer.save_pretrained(tmp)
     write_json(tmp / "harmgate_merge.json", {
         "base_model": config.model.base,
+        "init_from": start.as_dict() if start.init_from else None,
         "adapter": str(run.adapter_dir),
         "dtype": dtype,
         "seconds": round(time.time() - started, 2),

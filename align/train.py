@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from align.models import load_causal_lm, load_tokenizer, torch_dtype
+from align.start import StartingPoint, starting_point
 from harmgate.config import QuantizationConfig, RunConfig
 from harmgate.rundir import RunDir, read_json, replace_dir, write_json
 
@@ -159,13 +160,15 @@ def _require_liger(on_gpu: bool) -> None:
                          "(`pip install liger-kernel`; on the GPU image scripts/gpu/stage_bench.sh stages it)") from None
 
 
-def load_training_model(config: RunConfig, on_gpu: bool):
-    """The base model as training uses it: 4-bit (if configured) on this process's GPU, or float32 on the CPU.
+def load_training_model(config: RunConfig, on_gpu: bool, start: StartingPoint | None = None):
+    """The starting model (``model.base``, or ``model.init_from``: align/start.py) as training uses it: 4-bit (if
+    configured) on this process's GPU, or float32 on the CPU.
 
     Under ``accelerate launch`` every rank loads its own copy onto its own device (LOCAL_RANK), as DDP with a
     bitsandbytes model needs."""
+    start = start or starting_point(config)
     model = load_causal_lm(
-        config.model.base, revision=config.model.revision,
+        start.ref, revision=start.revision,
         dtype=config.quantization.compute_dtype if on_gpu else "float32",
         quantization_config=bnb_config(config.quantization),
         device_map={"": int(os.environ.get("LOCAL_RANK", 0))} if on_gpu else None,
@@ -192,7 +195,8 @@ def train(run: RunDir, config: RunConfig, *, resume: bool = True) -> dict[str, A
     on_gpu = torch.cuda.is_available()
     examples = read_examples(run, config.training.method)
     tokenizer = load_tokenizer(config.model.base, revision=config.model.revision)
-    model = load_training_model(config, on_gpu)
+    start = starting_point(config)
+    model = load_training_model(config, on_gpu, start)
     trainer = build_trainer(run, config, model, tokenizer, examples, on_gpu)
     if trainer.train_dataset is not None and len(trainer.train_dataset) == 0:
         # TRL drops examples whose reply is cut off entirely by max_length (huge prompts); with none left the
@@ -215,7 +219,7 @@ def train(run: RunDir, config: RunConfig, *, resume: bool = True) -> dict[str, A
     tokenizer.save_pretrained(tmp)
     replace_dir(tmp, run.adapter_dir)
 
-    metrics = _train_metrics(trainer, config, examples, wall, on_gpu, checkpoint)
+    metrics = _train_metrics(trainer, config, examples, wall, on_gpu, checkpoint, start)
     metrics["quantized_linear_layers"] = _count_4bit_layers(trainer.model)
     write_json(run.train_metrics, metrics)
     return metrics
@@ -260,7 +264,8 @@ _METHOD_LOG_KEYS = ("ulma/positive_nll", "ulma/negative_loss", "ulma/negative_lo
                     "rewards/accuracies", "rewards/margins")
 
 
-def _train_metrics(trainer, config: RunConfig, examples, wall: float, on_gpu: bool, resumed_from) -> dict[str, Any]:
+def _train_metrics(trainer, config: RunConfig, examples, wall: float, on_gpu: bool, resumed_from,
+                   start: StartingPoint) -> dict[str, Any]:
     import torch
 
     history = trainer.state.log_history
@@ -274,6 +279,7 @@ def _train_metrics(trainer, config: RunConfig, examples, wall: float, on_gpu: bo
     tokens = None if config.training.method == "dpo" and counted == 0 else counted
     return {
         "base_model": config.model.base,
+        "init_from": start.as_dict() if start.init_from else None,
         "method": config.training.method,
         "device": torch.cuda.get_device_name(0) if on_gpu else "cpu",
         "examples": len(examples),

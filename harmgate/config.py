@@ -25,6 +25,11 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     base: str = Field(description="Hub id (e.g. meta-llama/Llama-3.1-8B-Instruct) or local folder of the base model")
     revision: str | None = None
+    init_from: str | None = Field(
+        None, description="Train from these weights instead of `base`: a merged model folder or a finished run "
+                          "directory (its model/), e.g. an SFT run before DPO (TRL's SFT -> DPO recipe). The gate "
+                          "still compares against `base` (base and prompted arms evaluate it), DPO/ULMA's reference "
+                          "is this model, merge adds the adapter to it, and on-policy synthesis samples from it")
     torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     trust_remote_code: bool = False
 

@@ -50,6 +50,7 @@ def preflight(config: RunConfig, *, publish: bool = False) -> None:
             problems.append(f"policy.kpis[{i}] ({kpi.name}): metric {kpi.metric!r} reads suite {suite!r}, "
                             f"which is not in evals.suites {sorted(suite_names)}")
     problems += _prompted_arm_problems(config)
+    problems += _starting_point_problems(config)
     if publish:
         problems += _signing_problems(config)
     if problems:
@@ -66,6 +67,20 @@ def _signing_problems(config: RunConfig) -> list[str]:
         check_can_sign(load_signing_key(config.store), load_trust(config.store))
     except RegistryError as err:
         return [f"publish: {err}"]
+    return []
+
+
+def _starting_point_problems(config: RunConfig) -> list[str]:
+    """model.init_from must name a usable fine-tune of the base now, not after the data stage's sampling."""
+    if config.model.init_from is None:
+        return []
+    from align.models import ModelLoadError
+    from align.start import StartingPointError, starting_point
+
+    try:
+        starting_point(config)
+    except (StartingPointError, ModelLoadError, OSError) as err:
+        return [str(err)]
     return []
 
 
@@ -112,22 +127,25 @@ def _without_bos(tokenizer, text: str) -> str:
 
 
 def _synthesizer(run: RunDir, config: RunConfig):
-    """align.synthesis with the real instruments: the base model samples, the gate's judge and toxicity scorer
-    accept or reject (built lazily: a rerun whose samples are all cached loads nothing)."""
+    """align.synthesis with the real instruments: the model training starts from samples (the base, or
+    model.init_from: on-policy for the model being tuned), the gate's judge and toxicity scorer accept or reject
+    (built lazily: a rerun whose samples are all cached loads nothing)."""
     import torch
 
     from align.models import load_causal_lm, load_tokenizer
+    from align.start import starting_point
     from align.synthesis import Synthesizer
     from evals.generate import generate, render_prompts
     from evals.runner import default_toxicity_factory
     from harmgate.config import GenerationConfig
 
     loaded: dict[str, Any] = {}
+    start = starting_point(config)
 
     def model():
         if "model" not in loaded:
             on_gpu = torch.cuda.is_available()
-            loaded["model"] = load_causal_lm(config.model.base, revision=config.model.revision,
+            loaded["model"] = load_causal_lm(start.ref, revision=start.revision,
                                              dtype="bfloat16" if on_gpu else "float32",
                                              device_map={"": 0} if on_gpu else None).eval()
             loaded["tokenizer"] = load_tokenizer(config.model.base, config.model.revision)
@@ -159,7 +177,7 @@ def _synthesizer(run: RunDir, config: RunConfig):
             loaded["tox"] = default_toxicity_factory(config)()
         return [float(x) for x in loaded["tox"].score(list(texts))]
 
-    return Synthesizer(sample=sample, judge=judge, toxicity=toxicity, config=syn, model_id=config.model.base,
+    return Synthesizer(sample=sample, judge=judge, toxicity=toxicity, config=syn, model_id=start.identity,
                        cache_path=Path(syn.cache) if syn.cache else run.root / "data" / "synthesis.jsonl",
                        seed=config.data.seed)
 
@@ -173,7 +191,8 @@ def stage_train(run: RunDir, config: RunConfig) -> StageReport:
     return StageReport("train", time.time() - started,
                        f"QLoRA ({config.quantization.quant_type}, r={config.lora.r}) {metrics['global_steps']} steps, "
                        f"loss {metrics['loss_curve'][0]['loss']:.3f} -> {metrics['final_loss']:.3f}, "
-                       f"{tokens} in {metrics['wall_seconds']:.0f} s",
+                       f"{tokens} in {metrics['wall_seconds']:.0f} s"
+                       + (f", started from {metrics['init_from']['ref']}" if metrics.get("init_from") else ""),
                        {"adapter": str(run.adapter_dir)})
 
 

@@ -25,6 +25,23 @@ def test_shipped_configs_load_and_pass_preflight(path):
     preflight(config)
 
 
+RECIPES = sorted(p for p in (REPO / "configs" / "recipes").glob("*.yaml") if not p.name.startswith("_"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_recipes_load_and_pass_preflight(path):
+    """Every recipe loads; one that starts from another recipe's run (model.init_from) is refused, naming the
+    folder, until that run exists."""
+    from harmgate.pipeline import PreflightError, preflight
+
+    config = load_config(path)
+    if config.model.init_from and not Path(config.model.init_from).exists():
+        with pytest.raises(PreflightError, match=f"model.init_from: {config.model.init_from} is not a model folder"):
+            preflight(config)
+    else:
+        preflight(config)
+
+
 def test_production_default_is_llama31_on_hh_golden():
     config = load_config(REPO / "configs" / "llama31-8b.yaml")
     assert config.model.base == "meta-llama/Llama-3.1-8B-Instruct"

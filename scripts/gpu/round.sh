@@ -64,18 +64,33 @@ same_eval_setup() {  # base results may be shared only between runs with identic
   python3 - "$1" "$2" <<'PY'
 import sys, yaml
 a, b = (yaml.safe_load(open(f"{d}/config.yaml")) for d in sys.argv[1:])
+for c in (a, b):  # where training starts does not change the base arm
+    c["model"].pop("init_from", None)
 sys.exit(0 if all(a[k] == b[k] for k in ("model", "evals")) else 1)
 PY
 }
 
 log() { echo "[$(date -u +%T)] $*" | tee -a "$W/round.log"; }
 
-recipe_job() {  # data -> train -> (wait for base) -> tuned eval -> gate -> report
-  local recipe=$1 run=/tmp/runs/$1 rc=0
-  if [ ! -f "$run/data/data_manifest.json" ]; then  # the first recipe's data stage ran in the sampling pass
-    python3 -m harmgate data "configs/recipes/$recipe.yaml" --run-dir "$run" > "$W/$recipe.log" 2>&1 || { log "$recipe: data FAILED"; return 3; }
+init_from() {  # a recipe's model.init_from ("" if none)
+  python3 -c "import sys; from harmgate.config import load_config; print(load_config(sys.argv[1]).model.init_from or '')" "$1"
+}
+
+recipe_job() {  # (wait for the run it starts from) -> data -> train -> (wait for base) -> tuned eval -> gate -> report
+  local recipe=$1 run=/tmp/runs/$1 rc=0 init
+  init=$(init_from "configs/recipes/$recipe.yaml") || { log "$recipe: config FAILED"; touch "$W/$recipe.failed"; return 3; }
+  if [ -n "$init" ]; then  # e.g. contrast-sft-dpo starts from runs/contrast-sft: sample and train once it merged
+    log "$recipe: waiting for $init to merge"
+    while [ ! -f "$init/model/harmgate_merge.json" ]; do
+      [ -f "$W/$(basename "$init").failed" ] && { log "$recipe: $init failed"; touch "$W/$recipe.failed"; return 3; }
+      sleep 10
+    done
   fi
-  python3 -m harmgate train "$run" >> "$W/$recipe.log" 2>&1 || { log "$recipe: train FAILED"; return 3; }
+  if [ ! -f "$run/data/data_manifest.json" ]; then  # the first recipe's data stage ran in the sampling pass
+    python3 -m harmgate data "configs/recipes/$recipe.yaml" --run-dir "$run" > "$W/$recipe.log" 2>&1 \
+      || { log "$recipe: data FAILED"; touch "$W/$recipe.failed"; return 3; }
+  fi
+  python3 -m harmgate train "$run" >> "$W/$recipe.log" 2>&1 || { log "$recipe: train FAILED"; touch "$W/$recipe.failed"; return 3; }
   log "$recipe: trained"
   while [ ! -f "$W/base.done" ]; do sleep 5; done
   [ -f "$W/base.ok" ] || { log "$recipe: base evaluation failed"; return 3; }
@@ -88,9 +103,11 @@ recipe_job() {  # data -> train -> (wait for base) -> tuned eval -> gate -> repo
   log "$recipe: gate exit $rc"
 }
 
-background() {
-  local first=$1
+background() {  # the first recipe must not start from another one (it samples for all before any trains)
+  local first=$1 recipe
   log "round start: recipes $*"
+  mkdir -p runs  # runs/NAME -> /tmp/runs/NAME, so a recipe's model.init_from: runs/NAME finds this round's run
+  for recipe in "$@"; do ln -sfn "/tmp/runs/$recipe" "runs/$recipe"; done
   python3 -m harmgate data "configs/recipes/$first.yaml" --run-dir "/tmp/runs/$first" > "$W/synthesis.log" 2>&1 \
     || { log "synthesis FAILED"; touch "$W/base.done" "$W/all.done"; return 1; }
   log "synthesis done: $(wc -l < runs/synthesis-cache.jsonl) prompts sampled"
