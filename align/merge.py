@@ -19,7 +19,8 @@ from harmgate.rundir import RunDir, read_json, replace_dir, write_json
 def merge_adapter(run: RunDir, config: RunConfig) -> Path:
     from peft import PeftModel
 
-    if not (run.adapter_dir / "adapter_config.json").is_file():
+    full = (run.adapter_dir / "config.json").is_file() and not (run.adapter_dir / "adapter_config.json").is_file()
+    if not full and not (run.adapter_dir / "adapter_config.json").is_file():
         raise FileNotFoundError(f"no adapter at {run.adapter_dir}: run `harmgate train {run.root}` first")
     started = time.time()
     # Full precision for the merge itself; the saved dtype follows the config (float32 on CPU runs).
@@ -30,9 +31,12 @@ def merge_adapter(run: RunDir, config: RunConfig) -> Path:
         raise StartingPointError(f"merge: the adapter in {run.adapter_dir} was trained from "
                                  f"{(trained or {}).get('ref') or config.model.base}, but model.init_from now gives "
                                  f"{start.identity}: the starting weights changed since training; retrain")
-    base = load_causal_lm(start.ref, revision=start.revision, dtype=dtype)
     tokenizer = load_tokenizer(config.model.base, revision=config.model.revision)
-    merged = PeftModel.from_pretrained(base, run.adapter_dir).merge_and_unload()
+    if full:  # training.full_finetune: the trained weights are the model; only dtype and special tokens change
+        merged = load_causal_lm(str(run.adapter_dir), dtype=dtype)
+    else:
+        base = load_causal_lm(start.ref, revision=start.revision, dtype=dtype)
+        merged = PeftModel.from_pretrained(base, run.adapter_dir).merge_and_unload()
     for cfg in (merged.config, merged.generation_config):
         cfg.eos_token_id = tokenizer.eos_token_id
         cfg.pad_token_id = tokenizer.pad_token_id
@@ -47,6 +51,7 @@ def merge_adapter(run: RunDir, config: RunConfig) -> Path:
         "base_model": config.model.base,
         "init_from": start.as_dict() if start.init_from else None,
         "adapter": str(run.adapter_dir),
+        "full_finetune": full,
         "dtype": dtype,
         "seconds": round(time.time() - started, 2),
         "train_metrics": read_json(run.train_metrics) if run.train_metrics.is_file() else None,

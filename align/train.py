@@ -34,6 +34,9 @@ def bnb_config(q: QuantizationConfig):
 
 
 def lora_config(config: RunConfig):
+    """The adapter TRL attaches; None for a full fine-tune (TRL then trains the model's own weights)."""
+    if config.training.full_finetune:
+        return None
     from peft import LoraConfig
 
     return LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
@@ -108,8 +111,10 @@ def _common_args(run: RunDir, config: RunConfig, on_gpu: bool) -> dict[str, Any]
     )
 
 
-def build_trainer(run: RunDir, config: RunConfig, model, tokenizer, examples: list[dict[str, Any]], on_gpu: bool):
-    """The TRL trainer + config pair for ``training.method``; each gets the LoRA config and attaches it."""
+def build_trainer(run: RunDir, config: RunConfig, model, tokenizer, examples: list[dict[str, Any]], on_gpu: bool,
+                  ref_model=None):
+    """The TRL trainer + config pair for ``training.method``; each gets the LoRA config and attaches it (none for a
+    full fine-tune, where dpo/ulma take ``ref_model``, a frozen copy of the starting model)."""
     from datasets import Dataset
 
     method = config.training.method
@@ -123,15 +128,15 @@ def build_trainer(run: RunDir, config: RunConfig, model, tokenizer, examples: li
         from trl import DPOConfig, DPOTrainer
 
         args = DPOConfig(**common, beta=config.training.beta)
-        return DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                          peft_config=lora_config(config))
+        return DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
+                          processing_class=tokenizer, peft_config=lora_config(config))
     if method == "ulma":
         from align.ulma import ULMAConfig, ULMATrainer
 
         args = ULMAConfig(**common, completion_only_loss=True, include_num_input_tokens_seen="non_padding",
                           beta=config.training.beta, ulma_z=config.training.ulma_z)
-        return ULMATrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                           peft_config=lora_config(config))
+        return ULMATrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
+                           processing_class=tokenizer, peft_config=lora_config(config))
     from trl import SFTConfig, SFTTrainer
 
     t = config.training
@@ -167,9 +172,12 @@ def load_training_model(config: RunConfig, on_gpu: bool, start: StartingPoint | 
     Under ``accelerate launch`` every rank loads its own copy onto its own device (LOCAL_RANK), as DDP with a
     bitsandbytes model needs."""
     start = start or starting_point(config)
+    # A full fine-tune keeps float32 master weights (bf16 AdamW updates lose small steps); compute still runs in
+    # the Trainer's bf16/fp16 autocast on a GPU.
+    full = config.training.full_finetune
     model = load_causal_lm(
         start.ref, revision=start.revision,
-        dtype=config.quantization.compute_dtype if on_gpu else "float32",
+        dtype=config.quantization.compute_dtype if on_gpu and not full else "float32",
         quantization_config=bnb_config(config.quantization),
         device_map={"": int(os.environ.get("LOCAL_RANK", 0))} if on_gpu else None,
     )
@@ -189,7 +197,8 @@ def _peak_memory_bytes(on_gpu: bool) -> dict[str, int]:
 
 
 def train(run: RunDir, config: RunConfig, *, resume: bool = True) -> dict[str, Any]:
-    """Train the adapter into ``run.adapter_dir`` and write ``run.train_metrics``; returns the metrics."""
+    """Train the adapter (or, with training.full_finetune, the whole model) into ``run.adapter_dir`` and write
+    ``run.train_metrics``; returns the metrics."""
     import torch
 
     on_gpu = torch.cuda.is_available()
@@ -197,7 +206,7 @@ def train(run: RunDir, config: RunConfig, *, resume: bool = True) -> dict[str, A
     tokenizer = load_tokenizer(config.model.base, revision=config.model.revision)
     start = starting_point(config)
     model = load_training_model(config, on_gpu, start)
-    trainer = build_trainer(run, config, model, tokenizer, examples, on_gpu)
+    trainer = build_trainer(run, config, model, tokenizer, examples, on_gpu, _reference_model(config, on_gpu, start))
     if trainer.train_dataset is not None and len(trainer.train_dataset) == 0:
         # TRL drops examples whose reply is cut off entirely by max_length (huge prompts); with none left the
         # sampler fails with "num_samples=0", which says nothing about why.
@@ -223,6 +232,17 @@ def train(run: RunDir, config: RunConfig, *, resume: bool = True) -> dict[str, A
     metrics["quantized_linear_layers"] = _count_4bit_layers(trainer.model)
     write_json(run.train_metrics, metrics)
     return metrics
+
+
+def _reference_model(config: RunConfig, on_gpu: bool, start: StartingPoint):
+    """dpo/ulma without an adapter need the starting model frozen beside the policy (with LoRA, the adapter
+    switched off is the reference). Loaded explicitly rather than left to TRL, which would reload the policy's
+    ``name_or_path`` by itself."""
+    if not config.training.full_finetune or config.training.method == "sft":
+        return None
+    ref = load_training_model(config, on_gpu, start).eval()
+    ref.requires_grad_(False)
+    return ref
 
 
 def _count_4bit_layers(model) -> int:
@@ -281,6 +301,8 @@ def _train_metrics(trainer, config: RunConfig, examples, wall: float, on_gpu: bo
         "base_model": config.model.base,
         "init_from": start.as_dict() if start.init_from else None,
         "method": config.training.method,
+        "adapter": None if config.training.full_finetune else "lora",
+        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "device": torch.cuda.get_device_name(0) if on_gpu else "cpu",
         "examples": len(examples),
         "global_steps": trainer.state.global_step,

@@ -16,7 +16,6 @@ dataset preparation (chat template, prompt masking) and replaces only the loss.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,8 +64,13 @@ class _LabelCollator:
 
 
 class ULMATrainer(SFTTrainer):
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, ref_model=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        # With LoRA the reference is the same network with the adapter off; a full fine-tune needs a frozen copy.
+        self.ref_model = ref_model
+        if ref_model is None and not hasattr(self.accelerator.unwrap_model(self.model), "disable_adapter"):
+            raise ValueError("ULMA without a LoRA adapter needs ref_model, a frozen copy of the starting model: "
+                             "its negative term compares the policy with it")
         self.data_collator = _LabelCollator(self.data_collator)
         # The loss is a per-batch mean, not a sum over num_items_in_batch: let Trainer divide by the
         # gradient-accumulation steps itself.
@@ -77,10 +81,11 @@ class ULMATrainer(SFTTrainer):
         if LABEL_COLUMN not in self._signature_columns:
             self._signature_columns = [*self._signature_columns, LABEL_COLUMN]
 
-    def _reference_context(self, model):
-        # With a peft model the reference is the base: the same weights with the adapter off.
-        unwrapped = self.accelerator.unwrap_model(model)
-        return unwrapped.disable_adapter() if hasattr(unwrapped, "disable_adapter") else nullcontext()
+    def _reference_logits(self, model, model_inputs):
+        if self.ref_model is not None:
+            return self.ref_model(**model_inputs, use_cache=False).logits
+        with self.accelerator.unwrap_model(model).disable_adapter():  # the base: the adapter off
+            return model(**model_inputs, use_cache=False).logits
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         label = inputs.pop(LABEL_COLUMN)
@@ -90,8 +95,8 @@ class ULMATrainer(SFTTrainer):
         policy_logp, n_tokens = sequence_logprobs(outputs.logits, labels)
         ref_logp = torch.zeros_like(policy_logp)
         if (label < 0.5).any():
-            with torch.no_grad(), self._reference_context(model):
-                ref_logp = sequence_logprobs(model(**model_inputs, use_cache=False).logits, labels)[0]
+            with torch.no_grad():
+                ref_logp = sequence_logprobs(self._reference_logits(model, model_inputs), labels)[0]
         per_example = ulma_loss(policy_logp, ref_logp, n_tokens, label, self.args.beta, self.args.ulma_z)
         loss = per_example.mean()
         mode = "train" if model.training else "eval"

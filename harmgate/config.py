@@ -53,6 +53,10 @@ class TrainingConfig(_Section):
         "sft", description="sft: TRL SFTTrainer; ulma: point-wise ULMA (align.ulma); dpo: TRL DPOTrainer")
     beta: float = Field(0.1, gt=0, description="ulma/dpo: strength of the KL regularisation")
     ulma_z: float = Field(0.0, description="ulma: offset z in the negative-sample term")
+    full_finetune: bool = Field(
+        False, description="Train every weight instead of a LoRA adapter (the `lora` section is unused; needs "
+                           "quantization.load_in_4bit: false). For small models, where capacity rather than memory "
+                           "limits; ulma/dpo keep a frozen copy of the starting model as their reference")
     max_steps: int = Field(-1, description="-1: train for num_epochs")
     num_epochs: float = Field(1.0, gt=0)
     learning_rate: float = Field(2e-4, gt=0)
@@ -482,6 +486,13 @@ class RunConfig(_Section):
     policy: PolicyConfig
     store: StoreConfig = StoreConfig()
     service: ServiceConfig = ServiceConfig()
+
+    @model_validator(mode="after")
+    def _full_finetune_needs_trainable_weights(self) -> "RunConfig":
+        if self.training.full_finetune and self.quantization.load_in_4bit:
+            raise ValueError("training.full_finetune: 4-bit weights cannot be trained; set "
+                             "quantization.load_in_4bit: false (plain bf16/fp32 weights), or train a LoRA adapter")
+        return self
 
 
 def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

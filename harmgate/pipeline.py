@@ -182,6 +182,13 @@ def _synthesizer(run: RunDir, config: RunConfig):
                        seed=config.data.seed)
 
 
+def _what_trains(config: RunConfig) -> str:
+    if config.training.full_finetune:
+        return f"full fine-tune ({config.training.method})"
+    kind = f"QLoRA ({config.quantization.quant_type}," if config.quantization.load_in_4bit else "LoRA ("
+    return f"{kind} r={config.lora.r}, {config.training.method})"
+
+
 def stage_train(run: RunDir, config: RunConfig) -> StageReport:
     from align.train import train
 
@@ -189,7 +196,7 @@ def stage_train(run: RunDir, config: RunConfig) -> StageReport:
     metrics = train(run, config)
     tokens = "tokens not counted" if metrics.get("tokens_seen") is None else f"{metrics['tokens_seen']} tokens"
     return StageReport("train", time.time() - started,
-                       f"QLoRA ({config.quantization.quant_type}, r={config.lora.r}) {metrics['global_steps']} steps, "
+                       f"{_what_trains(config)} {metrics['global_steps']} steps, "
                        f"loss {metrics['loss_curve'][0]['loss']:.3f} -> {metrics['final_loss']:.3f}, "
                        f"{tokens} in {metrics['wall_seconds']:.0f} s"
                        + (f", started from {metrics['init_from']['ref']}" if metrics.get("init_from") else ""),
