@@ -35,7 +35,7 @@ def load_runs(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
             raise CompareError(f"{run.root}: no verdict.json (run `harmgate gate {run.root}` first)")
         config = run.config()
         runs.append({"name": config.name, "run_dir": str(run.root), "base_model": config.model.base,
-                     "verdict": read_json(run.verdict)})
+                     "training": config.describe_training(), "verdict": read_json(run.verdict)})
     if not runs:
         raise CompareError("no run directories given")
     bases = {r["base_model"] for r in runs}
@@ -63,7 +63,8 @@ def comparison(runs: list[dict[str, Any]]) -> dict[str, Any]:
                                 "reason": k.get("reason")}
         rows.append({"kpi": name, **meta, "base": base, "runs": cells})
     return {"schema_version": 1, "base_model": runs[0]["base_model"],
-            "runs": [{"name": r["name"], "run_dir": r["run_dir"], "passed": r["verdict"]["passed"],
+            "runs": [{"name": r["name"], "run_dir": r["run_dir"], "training": r.get("training"),
+                      "passed": r["verdict"]["passed"],
                       "blocking_failures": r["verdict"].get("blocking_failures", []),
                       "policy": (r["verdict"].get("policy") or {}).get("name")} for r in runs],
             "kpis": rows}
@@ -88,9 +89,9 @@ def comparison_markdown(comp: dict[str, Any]) -> str:
         lines.append(f"| {row['kpi']} | `{row['metric']}` | {str(row.get('bound') or '').replace('|', '/')} | "
                      f"{row['severity']} | {base_txt} | " + " | ".join(_cell(row["runs"].get(n)) for n in names) + " |")
     lines += _capability_markdown(comp)
-    lines += ["", "| run | gate | blocking failures |", "|---|---|---|"]
+    lines += ["", "| run | trained | gate | blocking failures |", "|---|---|---|---|"]
     for r in comp["runs"]:
-        lines.append(f"| {r['name']} | {'PASSED' if r['passed'] else 'BLOCKED'} | "
+        lines.append(f"| {r['name']} | {r.get('training') or '—'} | {'PASSED' if r['passed'] else 'BLOCKED'} | "
                      f"{', '.join(r['blocking_failures']) or '—'} |")
     return "\n".join(lines) + "\n"
 

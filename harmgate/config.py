@@ -487,6 +487,16 @@ class RunConfig(_Section):
     store: StoreConfig = StoreConfig()
     service: ServiceConfig = ServiceConfig()
 
+    def describe_training(self) -> str:
+        """One line on what trains: method, adapter or full fine-tune, and where it starts (reports, compare)."""
+        t = self.training
+        if t.full_finetune:
+            what = f"{t.method}, full fine-tune"
+        else:
+            bits = f", 4-bit {self.quantization.quant_type}" if self.quantization.load_in_4bit else ""
+            what = f"{t.method}, LoRA r={self.lora.r}{bits}"
+        return what + (f", from {self.model.init_from}" if self.model.init_from else "")
+
     @model_validator(mode="after")
     def _full_finetune_needs_trainable_weights(self) -> "RunConfig":
         if self.training.full_finetune and self.quantization.load_in_4bit:

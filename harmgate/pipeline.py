@@ -182,13 +182,6 @@ def _synthesizer(run: RunDir, config: RunConfig):
                        seed=config.data.seed)
 
 
-def _what_trains(config: RunConfig) -> str:
-    if config.training.full_finetune:
-        return f"full fine-tune ({config.training.method})"
-    kind = f"QLoRA ({config.quantization.quant_type}," if config.quantization.load_in_4bit else "LoRA ("
-    return f"{kind} r={config.lora.r}, {config.training.method})"
-
-
 def stage_train(run: RunDir, config: RunConfig) -> StageReport:
     from align.train import train
 
@@ -196,10 +189,9 @@ def stage_train(run: RunDir, config: RunConfig) -> StageReport:
     metrics = train(run, config)
     tokens = "tokens not counted" if metrics.get("tokens_seen") is None else f"{metrics['tokens_seen']} tokens"
     return StageReport("train", time.time() - started,
-                       f"{_what_trains(config)} {metrics['global_steps']} steps, "
+                       f"{config.describe_training()}: {metrics['global_steps']} steps, "
                        f"loss {metrics['loss_curve'][0]['loss']:.3f} -> {metrics['final_loss']:.3f}, "
-                       f"{tokens} in {metrics['wall_seconds']:.0f} s"
-                       + (f", started from {metrics['init_from']['ref']}" if metrics.get("init_from") else ""),
+                       f"{tokens} in {metrics['wall_seconds']:.0f} s",
                        {"adapter": str(run.adapter_dir)})
 
 

@@ -51,10 +51,21 @@ def test_compare_tables_every_kpi_per_run_and_draws_the_frontier(tmp_path):
     assert row["base"]["value"] == 0.9 and row["runs"]["recipe-b"]["value"] == 0.5
     md = paths["markdown"].read_text()
     assert re.search(r"\| harmful_compliance .*\| 0\.900 \[0\.850, 0\.950\] \| ✅ 0\.050 .*\| ❌ 0\.500", md)
-    assert "| recipe-b | BLOCKED | harmful_compliance, over_refusal |" in md
+    assert "| recipe-b | sft, LoRA r=8, 4-bit nf4 | BLOCKED | harmful_compliance, over_refusal |" in md
     svg = paths["frontier"].read_text()
     assert svg.count("<circle") == 3                        # base + two runs
     assert "policy target" in svg                            # the policy's max bounds, shaded
+
+
+def test_compare_says_how_each_run_was_trained(tmp_path):
+    """The lever behind each row: method, LoRA or full fine-tune, and the run it started from."""
+    config = load_config(CONFIG)
+    full = config.model_copy(update={
+        "quantization": config.quantization.model_copy(update={"load_in_4bit": False}),
+        "training": config.training.model_copy(update={"method": "dpo", "full_finetune": True}),
+        "model": config.model.model_copy(update={"init_from": "runs/sft"})})
+    assert full.describe_training() == "dpo, full fine-tune, from runs/sft"
+    assert config.describe_training() == "sft, LoRA r=8, 4-bit nf4"
 
 
 def test_compare_refuses_ungated_runs_and_mixed_bases(tmp_path):
