@@ -218,7 +218,10 @@ def train(run: RunDir, config: RunConfig, *, resume: bool = True) -> dict[str, A
 
     checkpoint = _last_checkpoint(run.checkpoints_dir) if resume else None
     started = time.time()
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if checkpoint is not None and _finished(checkpoint, config):
+        _restore_finished(trainer, checkpoint)
+    else:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     wall = time.time() - started
 
     tmp = run.adapter_dir.with_name(f".{run.adapter_dir.name}.partial")
@@ -232,6 +235,21 @@ def train(run: RunDir, config: RunConfig, *, resume: bool = True) -> dict[str, A
     metrics["quantized_linear_layers"] = _count_4bit_layers(trainer.model)
     write_json(run.train_metrics, metrics)
     return metrics
+
+
+def _finished(checkpoint: Path, config: RunConfig) -> bool:
+    """The checkpoint is the last step of training.max_steps (a rerun after a later stage failed)."""
+    return 0 < config.training.max_steps <= int(checkpoint.name.rsplit("-", 1)[1])
+
+
+def _restore_finished(trainer, checkpoint: Path) -> None:
+    """Load a finished run's last checkpoint instead of resuming it: transformers, resumed at max_steps in the middle
+    of an epoch, trains one step more than asked (seen with transformers 5.2x: a rerun of a 2-step run ended at 3)."""
+    from transformers.trainer import TRAINER_STATE_NAME
+    from transformers.trainer_callback import TrainerState
+
+    trainer._load_from_checkpoint(str(checkpoint))  # weights (adapter or full model), as train() would load them
+    trainer.state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE_NAME))
 
 
 def _reference_model(config: RunConfig, on_gpu: bool, start: StartingPoint):

@@ -182,6 +182,14 @@ def _synthesizer(run: RunDir, config: RunConfig):
                        seed=config.data.seed)
 
 
+def _loss_text(metrics: dict[str, Any]) -> str:
+    curve = metrics.get("loss_curve") or []
+    if not curve:  # fewer steps than training.logging_steps: the Trainer logged only its summary
+        loss = metrics.get("train_loss")
+        return f"mean loss {float(loss):.3f} (no step logged)" if loss is not None else "no loss logged"
+    return f"loss {curve[0]['loss']:.3f} -> {metrics['final_loss']:.3f}"
+
+
 def stage_train(run: RunDir, config: RunConfig) -> StageReport:
     from align.train import train
 
@@ -190,7 +198,7 @@ def stage_train(run: RunDir, config: RunConfig) -> StageReport:
     tokens = "tokens not counted" if metrics.get("tokens_seen") is None else f"{metrics['tokens_seen']} tokens"
     return StageReport("train", time.time() - started,
                        f"{config.describe_training()}: {metrics['global_steps']} steps, "
-                       f"loss {metrics['loss_curve'][0]['loss']:.3f} -> {metrics['final_loss']:.3f}, "
+                       f"{_loss_text(metrics)}, "
                        f"{tokens} in {metrics['wall_seconds']:.0f} s",
                        {"adapter": str(run.adapter_dir)})
 

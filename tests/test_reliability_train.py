@@ -119,3 +119,42 @@ def test_a_kill_while_replacing_a_model_folder_never_leaves_half_of_one(tmp_path
     (newer / "config.json").write_text("newer")
     rundir.replace_dir(newer, dest)  # the rerun clears the leftover first
     assert [p.name for p in tmp_path.iterdir()] == ["model"] and (dest / "config.json").read_text() == "newer"
+
+
+@pytest.mark.parametrize("full_finetune", [False, True], ids=["lora-4bit", "full"])
+def test_a_rerun_of_finished_training_does_not_train_again(tmp_path, tiny_model_dir, full_finetune):
+    """A later stage failed and `harmgate train` runs again: the finished checkpoint is restored, not resumed
+    (transformers resumed at max_steps mid-epoch trains one step more), so the steps and weights stay the first
+    run's."""
+    from safetensors.torch import load_file
+
+    from align.mixture import build_mixture, write_mixture
+    from align.train import train
+    from harmgate.config import parse_config
+    from harmgate.rundir import create_run_dir
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"chosen": f"\n\nHuman: q{i}?\n\nAssistant: a safe answer {i}."}) + "\n"
+                            for i in range(40)))  # 10 steps an epoch: max_steps 2 ends mid-epoch
+    config = parse_config({
+        "name": "rerun", "model": {"base": str(tiny_model_dir)},
+        "quantization": {"load_in_4bit": not full_finetune, "compute_dtype": "float32"},
+        "training": {"max_steps": 2, "per_device_batch_size": 4, "max_seq_length": 64, "save_steps": 50,
+                     "logging_steps": 5, "gradient_checkpointing": False, "full_finetune": full_finetune},
+        "data": {"sources": [{"id": str(rows), "format": "hh", "field": "chosen"}]},
+        "evals": {"suites": [{"name": "advbench_refusal"}]},
+        "policy": {"kpis": [{"name": "k", "metric": "advbench_refusal.compliance_rate", "direction": "lower",
+                             "max": 1}]},
+    })
+    run = create_run_dir(config, tmp_path / "run")
+    write_mixture(build_mixture(config.data), run)
+
+    def weights():
+        return {k: v.clone() for f in run.adapter_dir.glob("*.safetensors") for k, v in load_file(f).items()}
+
+    first = train(run, config)
+    first_weights = weights()
+    again = train(run, config)
+    assert first["global_steps"] == again["global_steps"] == 2
+    assert again["resumed_from"].endswith("checkpoint-2")
+    assert all(v.equal(first_weights[k]) for k, v in weights().items())
