@@ -84,13 +84,22 @@ def check_compatible(start: dict[str, Any], base: dict[str, Any], folder: Path, 
                                  + "; ".join(differ) + ")")
 
 
-def starting_point(config: RunConfig) -> StartingPoint:
+def starting_folder(config: RunConfig) -> Path:
+    """model.init_from's model folder, checked against the base (cheap: configs only; preflight calls this)."""
     if config.model.init_from is None:
-        return StartingPoint(config.model.base, config.model.revision)
+        raise StartingPointError("model.init_from is not set: training starts at model.base")
     folder = model_folder(config.model.init_from)
     try:
         start = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise StartingPointError(f"model.init_from: {folder / 'config.json'} is unreadable: {err}") from None
     check_compatible(start, _base_config(config), folder, config.model.base)
+    return folder
+
+
+def starting_point(config: RunConfig) -> StartingPoint:
+    """Where training starts, with the starting weights' digest (hashes every weight file: once per stage)."""
+    if config.model.init_from is None:
+        return StartingPoint(config.model.base, config.model.revision)
+    folder = starting_folder(config)
     return StartingPoint(str(folder), None, config.model.init_from, weights_sha256(folder))

@@ -75,10 +75,10 @@ def _starting_point_problems(config: RunConfig) -> list[str]:
     if config.model.init_from is None:
         return []
     from align.models import ModelLoadError
-    from align.start import StartingPointError, starting_point
+    from align.start import StartingPointError, starting_folder
 
     try:
-        starting_point(config)
+        starting_folder(config)  # configs only: the weights are hashed when training starts
     except (StartingPointError, ModelLoadError, OSError) as err:
         return [str(err)]
     return []

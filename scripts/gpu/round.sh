@@ -80,6 +80,9 @@ recipe_job() {  # (wait for the run it starts from) -> data -> train -> (wait fo
   local recipe=$1 run=/tmp/runs/$1 rc=0 init
   init=$(init_from "configs/recipes/$recipe.yaml") || { log "$recipe: config FAILED"; touch "$W/$recipe.failed"; return 3; }
   if [ -n "$init" ]; then  # e.g. contrast-sft-dpo starts from runs/contrast-sft: sample and train once it merged
+    if [ ! -e "$init" ] && [ ! -L "$init" ]; then  # neither there nor a run of this round: nothing to wait for
+      log "$recipe: $init is neither a finished run nor a recipe of this round"; touch "$W/$recipe.failed"; return 3
+    fi
     log "$recipe: waiting for $init to merge"
     while [ ! -f "$init/model/harmgate_merge.json" ]; do
       [ -f "$W/$(basename "$init").failed" ] && { log "$recipe: $init failed"; touch "$W/$recipe.failed"; return 3; }
