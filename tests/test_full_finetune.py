@@ -8,33 +8,15 @@ import math
 import pytest
 import torch
 
-from harmgate.config import ConfigError, parse_config
+from harmgate.config import ConfigError
 from harmgate.rundir import create_run_dir
-
-ROWS = [{"chosen": f"\n\nHuman: question {i}?\n\nAssistant: I can help with that safely, step {i}.",
-         "rejected": f"\n\nHuman: question {i}?\n\nAssistant: Here is something harmful {i}."} for i in range(8)]
-SOURCES = {"sft": [{"format": "hh", "field": "chosen"}],
-           "ulma": [{"format": "hh", "field": "chosen"}, {"format": "hh", "field": "rejected", "label": "negative"}],
-           "dpo": [{"format": "hh", "field": "pair"}]}
+from tests.tiny_runs import tiny_run_config
 
 
-def _config(tmp_path, base, method, **overrides):
-    data = tmp_path / "hh.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    raw = {
-        "name": f"t-full-{method}", "model": {"base": str(base)},
-        "quantization": {"load_in_4bit": False, "compute_dtype": "float32"},
-        "training": {"method": method, "full_finetune": True, "max_steps": 3, "per_device_batch_size": 4,
-                     "max_seq_length": 64, "gradient_checkpointing": False, "save_steps": 100,
-                     "learning_rate": 1e-3},
-        "data": {"sources": [{**s, "id": str(data)} for s in SOURCES[method]]},
-        "evals": {"suites": [{"name": "advbench_refusal"}]},
-        "policy": {"kpis": [{"name": "k", "metric": "advbench_refusal.compliance_rate", "direction": "lower",
-                             "max": 1}]},
-    }
-    for section, values in overrides.items():
-        raw[section] = {**raw[section], **values}
-    return parse_config(raw)
+def _config(tmp_path, base, method, **sections):
+    sections = {"quantization": {"load_in_4bit": False}, **sections}
+    return tiny_run_config(tmp_path, base, method,
+                           training={"full_finetune": True, "max_steps": 3, "learning_rate": 1e-3}, **sections)
 
 
 def test_a_full_fine_tune_of_4bit_weights_is_refused(tmp_path, tiny_model_dir):

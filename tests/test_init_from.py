@@ -8,28 +8,15 @@ import pytest
 import torch
 
 from align.start import StartingPointError, model_folder, starting_point, weights_sha256
-from harmgate.config import parse_config
 from harmgate.pipeline import PreflightError, preflight
 from harmgate.rundir import create_run_dir
+from tests.tiny_runs import tiny_run_config
 
-PAIRS = [{"chosen": f"\n\nHuman: question {i}?\n\nAssistant: I can help with that safely, step {i}.",
-          "rejected": f"\n\nHuman: question {i}?\n\nAssistant: Here is something harmful {i}."} for i in range(8)]
 NORM_SHIFT = 0.5  # added to the final norm of the starting model: LoRA never touches it, so merges keep it
 
 
 def _config(tmp_path, base, init_from=None, method="dpo"):
-    data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in PAIRS))
-    return parse_config({
-        "name": f"t-{method}", "model": {"base": str(base), **({"init_from": str(init_from)} if init_from else {})},
-        "quantization": {"compute_dtype": "float32"},
-        "training": {"method": method, "max_steps": 2, "per_device_batch_size": 4, "max_seq_length": 64,
-                     "gradient_checkpointing": False, "save_steps": 100},
-        "data": {"sources": [{"id": str(data), "format": "hh", "field": "pair" if method == "dpo" else "chosen"}]},
-        "evals": {"suites": [{"name": "advbench_refusal"}]},
-        "policy": {"kpis": [{"name": "k", "metric": "advbench_refusal.compliance_rate", "direction": "lower",
-                             "max": 1}]},
-    })
+    return tiny_run_config(tmp_path, base, method, model={"init_from": str(init_from)} if init_from else {})
 
 
 @pytest.fixture(scope="module")

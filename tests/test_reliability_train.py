@@ -130,22 +130,13 @@ def test_a_rerun_of_finished_training_does_not_train_again(tmp_path, tiny_model_
 
     from align.mixture import build_mixture, write_mixture
     from align.train import train
-    from harmgate.config import parse_config
     from harmgate.rundir import create_run_dir
+    from tests.tiny_runs import tiny_run_config
 
-    rows = tmp_path / "rows.jsonl"
-    rows.write_text("".join(json.dumps({"chosen": f"\n\nHuman: q{i}?\n\nAssistant: a safe answer {i}."}) + "\n"
-                            for i in range(40)))  # 10 steps an epoch: max_steps 2 ends mid-epoch
-    config = parse_config({
-        "name": "rerun", "model": {"base": str(tiny_model_dir)},
-        "quantization": {"load_in_4bit": not full_finetune, "compute_dtype": "float32"},
-        "training": {"max_steps": 2, "per_device_batch_size": 4, "max_seq_length": 64, "save_steps": 50,
-                     "logging_steps": 5, "gradient_checkpointing": False, "full_finetune": full_finetune},
-        "data": {"sources": [{"id": str(rows), "format": "hh", "field": "chosen"}]},
-        "evals": {"suites": [{"name": "advbench_refusal"}]},
-        "policy": {"kpis": [{"name": "k", "metric": "advbench_refusal.compliance_rate", "direction": "lower",
-                             "max": 1}]},
-    })
+    # 40 rows, 10 steps an epoch: max_steps 2 ends mid-epoch
+    config = tiny_run_config(tmp_path, tiny_model_dir, "sft", rows=40,
+                             quantization={"load_in_4bit": not full_finetune},
+                             training={"save_steps": 50, "logging_steps": 5, "full_finetune": full_finetune})
     run = create_run_dir(config, tmp_path / "run")
     write_mixture(build_mixture(config.data), run)
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 
 from align.ulma import sequence_logprobs, ulma_loss
-from harmgate.config import parse_config
 from harmgate.rundir import create_run_dir
+from tests.tiny_runs import tiny_run_config
 
 
 def _hand_logprob(model, ids: list[int], completion_start: int) -> float:
@@ -59,27 +58,6 @@ def test_ulma_negative_gradient_pushes_likelihood_down_and_saturates():
     assert far.grad.item() < 1e-10  # already far below the reference: no further push
 
 
-HH_ROWS = [{"chosen": f"\n\nHuman: question {i}?\n\nAssistant: I can help with that safely, step {i}.",
-            "rejected": f"\n\nHuman: question {i}?\n\nAssistant: Here is something harmful {i}."} for i in range(8)]
-
-
-def _config(tmp_path, tiny_model_dir, method: str, sources: list[dict]):
-    data_file = tmp_path / "hh.jsonl"
-    data_file.write_text("".join(json.dumps(r) + "\n" for r in HH_ROWS))
-    for s in sources:
-        s["id"] = str(data_file)
-    return parse_config({
-        "name": f"t-{method}", "model": {"base": str(tiny_model_dir)},
-        "quantization": {"compute_dtype": "float32"},
-        "training": {"method": method, "max_steps": 2, "per_device_batch_size": 4, "max_seq_length": 64,
-                     "gradient_checkpointing": False, "save_steps": 100, "beta": 0.1},
-        "data": {"sources": sources},
-        "evals": {"suites": [{"name": "advbench_refusal"}]},
-        "policy": {"kpis": [{"name": "k", "metric": "advbench_refusal.compliance_rate", "direction": "lower",
-                             "max": 1}]},
-    })
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("method,sources", [
     ("ulma", [{"format": "hh", "field": "chosen"}, {"format": "hh", "field": "rejected", "label": "negative"}]),
@@ -89,7 +67,7 @@ def test_method_trains_a_4bit_adapter(tmp_path, tiny_model_dir, method, sources)
     from align.mixture import build_mixture, write_mixture
     from align.train import train
 
-    config = _config(tmp_path, tiny_model_dir, method, sources)
+    config = tiny_run_config(tmp_path, tiny_model_dir, method, sources=sources)
     run = create_run_dir(config, tmp_path / "run")
     write_mixture(build_mixture(config.data), run)
     metrics = train(run, config)
@@ -109,7 +87,8 @@ def test_sft_refuses_negative_examples(tmp_path, tiny_model_dir):
     from align.mixture import build_mixture, write_mixture
     from align.train import read_examples
 
-    config = _config(tmp_path, tiny_model_dir, "sft", [{"format": "hh", "field": "rejected", "label": "negative"}])
+    config = tiny_run_config(tmp_path, tiny_model_dir, "sft",
+                             sources=[{"format": "hh", "field": "rejected", "label": "negative"}])
     run = create_run_dir(config, tmp_path / "run")
     write_mixture(build_mixture(config.data), run)
     with pytest.raises(ValueError, match="use training.method: ulma"):
