@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -34,6 +34,7 @@ from evals.judge_data import LOADERS, LabelledReply, load_sources, prompt_key
 from evals.judge_rules import KeywordRefusalJudge, RuleRefusalJudge, rule_cues, rule_verdict
 from evals.scorers.refusal_head import (FeatureBuilder, FeatureSpec, JudgeHeadError, LinearHead, _fit_lr,
                                         _hybrid_flags, fit_linear_head, source_weights)
+from evals.scorers.finetune import FinetuneSettings
 from evals.stats import Bootstrap, bootstrap_ci, wilson_interval
 
 MODEL_FOLD_SOURCES = ("phtest", "donotanswer")
@@ -213,6 +214,37 @@ def fitted_refusal_predictions(rows: Sequence[LabelledReply], feats: Features, f
     return {k: (out[k][0], preds[k], probs[k]) for k in out}  # type: ignore[return-value]
 
 
+def finetuned_predictions(rows: Sequence[LabelledReply], folds: Sequence[Fold], settings: JudgeValidationSettings,
+                          log: Callable[[str], None] = print) -> dict[str, tuple[str, dict, dict]]:
+    """Held-out predictions of the fine-tuned cross-encoder, one fine-tune per fold: with the rules' sure verdicts
+    standing (``finetuned``, what FinetunedRefusalJudge does) and the cross-encoder alone (``finetuned_alone``)."""
+    from evals.scorers.encoder import minilm_path, pick_device
+    from evals.scorers.judge_encoder import fit_cross_encoder
+
+    assert settings.finetune is not None
+    encoder, device = minilm_path(settings.encoder), pick_device(settings.device)
+    sure = np.array([rule_verdict(rule_cues(r.reply, r.prompt)) is not None for r in rows])
+    preds: dict[str, dict[str, np.ndarray]] = {"finetuned": {}, "finetuned_alone": {}}
+    probs: dict[str, dict[str, np.ndarray]] = {"finetuned": {}, "finetuned_alone": {}}
+    for k, f in enumerate(folds):
+        t = time.perf_counter()
+        tr, te = np.flatnonzero(f.train), np.flatnonzero(f.test)
+        head = fit_cross_encoder([rows[i].reply for i in tr], [rows[i].prompt for i in tr],
+                                 [rows[i].not_complying for i in tr], [rows[i].source for i in tr],
+                                 encoder=encoder, device=device, settings=settings.finetune)
+        p = np.asarray(head.predict_proba([rows[i].reply for i in te], [rows[i].prompt for i in te]))
+        for key, flags in (("finetuned", (p >= head.threshold) | sure[te]), ("finetuned_alone", p >= head.threshold)):
+            preds[key].setdefault(f.name, np.zeros(len(rows), bool))[te] = flags
+            probs[key].setdefault(f.name, np.zeros(len(rows)))[te] = p
+        log(f"fine-tuned judge, fold {k + 1}/{len(folds)} ({f.name}): {len(tr)} train, {len(te)} scored in "
+            f"{time.perf_counter() - t:.0f} s")
+        del head
+    return {"finetuned": ("minilm-crossencoder-v1 (fine-tuned per fold; rules' sure verdicts stand)",
+                          preds["finetuned"], probs["finetuned"]),
+            "finetuned_alone": ("minilm-crossencoder-v1 alone (fine-tuned per fold)", preds["finetuned_alone"],
+                                probs["finetuned_alone"])}
+
+
 # --- the whole validation -----------------------------------------------------------------------------------------
 
 @dataclass
@@ -226,6 +258,7 @@ class JudgeValidationSettings:
     out_dir: Path | None = None       # heads + validation.json; None: nothing written
     harm: bool = True
     connected: list[Any] = field(default_factory=list)   # connected judges to score (fixed, not fitted)
+    finetune: FinetuneSettings | None = None   # also fine-tune the cross-encoder judge in every fold (a GPU)
 
 
 def validate(settings: JudgeValidationSettings, *, builder: FeatureBuilder | None = None,
@@ -252,6 +285,8 @@ def validate(settings: JudgeValidationSettings, *, builder: FeatureBuilder | Non
         connected_harm[cj.kind] = (cj.name, [j.harmful for j in out])
         log(f"{cj.name}: {len(rows)} replies in {time.perf_counter() - t:.0f} s")
     fitted = fitted_refusal_predictions(rows, feats, folds)
+    if settings.finetune is not None:
+        fitted.update(finetuned_predictions(rows, folds, settings, log=log))
 
     table: dict[str, dict[str, Any]] = {}
     for f in folds:
@@ -283,6 +318,9 @@ def validate(settings: JudgeValidationSettings, *, builder: FeatureBuilder | Non
                      "harm": list(HARM_SPEC.blocks),
                      "encoder": getattr(builder.encoder, "path", settings.encoder)},
     }
+    if settings.finetune is not None:
+        result["finetune"] = {**asdict(settings.finetune), "input": "prompt + reply pair, longest first truncated",
+                              "weighting": "balanced sources and classes"}
     if has_harm:
         result["harm"] = validate_harm(rows, feats, folds, fitted["trained"][1], connected_harm, log=log)
     if settings.out_dir is not None:
@@ -355,6 +393,15 @@ def fit_final_heads(rows: Sequence[LabelledReply], feats: Features, settings: Ju
     v1 = RefusalHead([float(x) for x in lr.coef_[0]], float(lr.intercept_[0]), 0.5, 3.0, settings.encoder, prov)
     v1.save(out_dir / "head.json")
     heads["hybrid"] = {"path": str(out_dir / "head.json"), "fingerprint": v1.fingerprint}
+    if settings.finetune is not None:
+        from evals.scorers.encoder import minilm_path, pick_device
+        from evals.scorers.judge_encoder import fit_cross_encoder
+
+        head = fit_cross_encoder([r.reply for r in rows], [r.prompt for r in rows], list(y),
+                                 [r.source for r in rows], encoder=minilm_path(settings.encoder),
+                                 device=pick_device(settings.device), settings=settings.finetune, meta=prov)
+        head.save(out_dir / "finetuned")
+        heads["finetuned"] = {"path": str(out_dir / "finetuned"), "fingerprint": head.fingerprint, "rows": len(rows)}
     if feats.harm is not None and "harm" in result:
         labelled = np.array([r.harmful is not None for r in rows])
         yh = np.array([bool(r.harmful) for r in rows])

@@ -308,9 +308,17 @@ def validate_judge(
     connected: Optional[list[str]] = typer.Option(None, "--connected", help="Also score a connected judge, "
                                                   "KIND or KIND=MODEL (llama-guard-3, harmbench, wildguard); a GPU"),
     harm: bool = typer.Option(True, help="Validate and fit the harm head (Do-Not-Answer's labels)"),
+    finetune: bool = typer.Option(False, help="Also fine-tune the cross-encoder judge (prompt + reply) in every "
+                                  "fold and on all rows (<out-dir>/finetuned): 23 fine-tunes, a GPU in practice"),
+    ft_epochs: float = typer.Option(2.0, help="--finetune: epochs per fine-tune"),
+    ft_max_length: int = typer.Option(192, help="--finetune: tokens of prompt + reply"),
+    ft_max_steps: int = typer.Option(-1, help="--finetune: stop each fine-tune after this many steps (-1: epochs)"),
     device: str = typer.Option("cpu"),
 ) -> None:
     """Leave-one-source-out (and leave-one-model-out) validation of every judge; fit and write the trained heads."""
+    from dataclasses import replace
+
+    from evals.scorers.judge_encoder import JUDGE_FINETUNE
     from evals.connected_judges import CONNECTED_JUDGES, ConnectedJudgeError
     from evals.judge_data import JudgeDataError
     from evals.judge_validation import JudgeValidationSettings, validate
@@ -329,7 +337,10 @@ def validate_judge(
             judges.append(CONNECTED_JUDGES[kind].load(ref or None, device=device))
         settings = JudgeValidationSettings(sources=tuple(source) if source else JudgeValidationSettings.sources,
                                            mirror=mirror, limit=_limit(limit), seed=seed, encoder=encoder,
-                                           device=device, out_dir=out_dir, harm=harm, connected=judges)
+                                           device=device, out_dir=out_dir, harm=harm, connected=judges,
+                                           finetune=replace(JUDGE_FINETUNE, epochs=ft_epochs, max_length=ft_max_length,
+                                                            max_steps=None if ft_max_steps < 0 else ft_max_steps)
+                                           if finetune else None)
         res = validate(settings, log=console.print)
     except (JudgeHeadError, JudgeDataError, EncoderNotFound, ConnectedJudgeError) as err:
         _fail(str(err))

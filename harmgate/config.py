@@ -263,9 +263,10 @@ class ToxicityScorerConfig(_Section):
 class JudgeConfig(_Section):
     """The refusal/compliance (and harm) judge (evals/judge.py, evals/connected_judges.py, docs/SCORERS.md)."""
 
-    kind: Literal["auto", "rules", "trained", "hybrid", "llama-guard-3", "harmbench", "wildguard"] = Field(
+    kind: Literal["auto", "rules", "trained", "finetuned", "hybrid", "llama-guard-3", "harmbench", "wildguard"] = Field(
         "auto", description="rules: opening-sentence rules only; trained: MiniLM refusal head (+ harm head) fitted by "
-        "`harmgate scorer validate-judge`; hybrid: last round's rules + MiniLM head; auto: trained if its head exists, "
+        "`harmgate scorer validate-judge`; finetuned: the MiniLM cross-encoder over prompt + reply fitted by "
+        "`validate-judge --finetune` (a GPU in practice); hybrid: last round's rules + MiniLM head; auto: trained if its head exists, "
         "else rules; llama-guard-3 / harmbench / wildguard: that published classifier (`model`; a GPU in practice)")
     refusal_head: str = Field("harmgate/refusal-judge/refusal-head-v2.json", description="The trained judge's "
                               "refusal head, a path or relative to the model mirror")
@@ -273,6 +274,8 @@ class JudgeConfig(_Section):
                                   "`validate-judge` writes harmgate/refusal-judge/harm-head-v2.json); null: refusal "
                                   "only. Off by default: it flags most benign replies outside Do-Not-Answer "
                                   "(docs/SCORERS.md)")
+    finetuned: str = Field("harmgate/refusal-judge/finetuned", description="The fine-tuned judge's model folder "
+                           "(kind: finetuned), a path or relative to the model mirror")
     head: str = Field("harmgate/refusal-judge/head.json", description="The hybrid judge's head (kind: hybrid), a path "
                       "or relative to the model mirror")
     encoder: str | None = Field(None, description="all-MiniLM-L6-v2 folder or hub id; default: the PyPI package's")

@@ -21,7 +21,6 @@ through ``detoxify.Detoxify(checkpoint=...)`` and its scores compared with the i
 from __future__ import annotations
 
 import math
-import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,6 +33,7 @@ from evals.scorers.corpus import (SOURCES, Corpus, build_corpus, label_counts, l
 from evals.scorers.datasets import LABELS, Example
 from evals.scorers.detoxify_scorer import CHECKPOINT_FILE
 from evals.scorers.encoder import minilm_path, pick_device
+from evals.scorers.finetune import Fitted, FinetuneSettings, finetune_classifier, predict_probs
 from harmgate.rundir import write_json
 
 METRICS_FILE = "metrics.json"
@@ -135,98 +135,28 @@ def _class_weights(y, mask):
     return w_pos, w_neg
 
 
-@dataclass
-class Fitted:
-    model: Any
-    tokenizer: Any
-    stats: dict[str, Any]
-
-
 def fit(train: Sequence[Example], s: TrainSettings, *, device: str, progress: bool = True, desc: str = "train",
         log: Callable[[str], None] = print) -> Fitted:
     """Fine-tune the encoder on ``train`` (seeded); the model comes back in eval mode."""
-    import numpy as np
     import torch
-    from tqdm.auto import tqdm
-    from transformers import AutoTokenizer, BertForSequenceClassification, get_linear_schedule_with_warmup
 
-    random.seed(s.seed)
-    np.random.seed(s.seed)
-    torch.manual_seed(s.seed)
-    started = time.time()
-    encoder = minilm_path(s.encoder)
-    tokenizer = AutoTokenizer.from_pretrained(encoder)
-    model = BertForSequenceClassification.from_pretrained(
-        encoder, num_labels=len(LABELS), problem_type="multi_label_classification",
-        id2label=dict(enumerate(LABELS)), label2id={lab: i for i, lab in enumerate(LABELS)}).to(device)
-    if s.freeze_embeddings:
-        model.bert.embeddings.requires_grad_(False)
-    head = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("classifier")]
-    body = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("classifier")]
-    optim = torch.optim.AdamW([{"params": body, "lr": s.learning_rate},
-                               {"params": head, "lr": s.head_learning_rate}], weight_decay=0.01)
-    steps_per_epoch = math.ceil(len(train) / s.batch_size)
-    total = s.max_steps or max(1, math.ceil(steps_per_epoch * s.epochs))
-    sched = get_linear_schedule_with_warmup(optim, int(total * s.warmup_fraction), total)
-    y_all, mask_all = _targets(train)
-    w_pos, w_neg = _class_weights(y_all, mask_all) if s.balance_labels else (torch.ones(len(LABELS)),) * 2
-    w_pos, w_neg = w_pos.to(device), w_neg.to(device)
-    texts = [e.text for e in train]
-    order = list(range(len(texts)))
-    rng = random.Random(s.seed)
-    loss_curve, seen_tokens, step = [], 0, 0
-    model.train()
-    bar = tqdm(total=total, desc=desc, disable=not progress)
-    while step < total:
-        rng.shuffle(order)
-        for start in range(0, len(order), s.batch_size):
-            if step >= total:
-                break
-            idx = order[start:start + s.batch_size]
-            batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=s.max_length,
-                              return_tensors="pt").to(device)
-            logits = model(**batch).logits
-            y, mask = y_all[idx].to(device), mask_all[idx].to(device)
-            per = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
-            weight = mask * (y * w_pos + (1 - y) * w_neg)
-            loss = (per * weight).sum() / mask.sum().clamp(min=1.0)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optim.step()
-            sched.step()
-            optim.zero_grad(set_to_none=True)
-            step += 1
-            seen_tokens += int(batch["attention_mask"].sum())
-            loss_curve.append({"step": step, "loss": round(float(loss.detach()), 5)})
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_curve[-1]['loss']:.4f}")
-    bar.close()
-    model.eval()
-    stats = {"device": device, "encoder": encoder, "examples": len(train), "steps": step,
-             "epochs_equivalent": round(step * s.batch_size / max(1, len(texts)), 3), "tokens_seen": seen_tokens,
-             "train_seconds": round(time.time() - started, 1),
-             "final_loss": loss_curve[-1]["loss"] if loss_curve else None,
-             "class_weights": {lab: {"positive": round(float(w_pos[j]), 4), "negative": round(float(w_neg[j]), 4)}
-                               for j, lab in enumerate(LABELS)},
-             "label_counts": label_counts(train), "loss_curve": loss_curve}
-    return Fitted(model, tokenizer, stats)
-
-
-def predict_probs(model, tokenizer, texts: Sequence[str], *, device: str, batch_size: int, max_length: int | None,
-                  progress: bool = False, desc: str = "scoring"):
-    """Sigmoid outputs, (n, classes), in eval mode."""
-    import torch
-    from tqdm.auto import tqdm
-
-    model.eval()
-    rows = []
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not progress, leave=False):
-            kw = {"max_length": max_length} if max_length else {}
-            batch = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
-                              return_tensors="pt", **kw).to(device)
-            rows.append(torch.sigmoid(model(**batch).logits).float().cpu())
-    return torch.cat(rows).numpy() if rows else None
+    y, mask = _targets(train)
+    w_pos, w_neg = _class_weights(y, mask) if s.balance_labels else (torch.ones(len(LABELS)),) * 2
+    weight = mask * (y * w_pos + (1 - y) * w_neg)
+    fitted = finetune_classifier(
+        [e.text for e in train], y, weight,
+        FinetuneSettings(epochs=s.epochs, max_steps=s.max_steps, batch_size=s.batch_size,
+                         learning_rate=s.learning_rate, head_learning_rate=s.head_learning_rate,
+                         warmup_fraction=s.warmup_fraction, max_length=s.max_length,
+                         freeze_embeddings=s.freeze_embeddings, seed=s.seed),
+        encoder=minilm_path(s.encoder), device=device, labels=LABELS, multi_label=True, progress=progress,
+        desc=desc, log=log)
+    loss_curve = fitted.stats.pop("loss_curve")
+    fitted.stats.update({
+        "class_weights": {lab: {"positive": round(float(w_pos[j]), 4), "negative": round(float(w_neg[j]), 4)}
+                          for j, lab in enumerate(LABELS)},
+        "label_counts": label_counts(train), "loss_curve": loss_curve})
+    return fitted
 
 
 def auc_table(examples: Sequence[Example], probs, labels: Sequence[str] = LABELS) -> dict[str, Any]:

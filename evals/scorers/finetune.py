@@ -1,0 +1,125 @@
+"""Fine-tune a BERT-family encoder (all-MiniLM-L6-v2) into a sequence classifier: the one training loop behind the
+toxicity scorer (evals/scorers/train.py, multi-label over Detoxify's labels) and the refusal judge's cross-encoder
+(evals/scorers/judge_encoder.py, one label over a prompt + reply pair).
+
+A plain loop rather than ``transformers.Trainer`` or sentence-transformers' ``CrossEncoder``: both callers need a
+weight on every (row, label) cell (labels a source does not have are masked out; sources and classes are
+balanced), which neither takes without subclassing its loss, and the loop is short enough to read in one go.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+Text = str | tuple[str, str]      # one text, or a (first, second) pair for a cross-encoder
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    epochs: float = 1.0
+    max_steps: int | None = None
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    head_learning_rate: float = 1e-3
+    warmup_fraction: float = 0.1
+    max_length: int = 64
+    freeze_embeddings: bool = True      # the 11.7M-parameter word embeddings: slow to update, quick to overfit
+    seed: int = 0
+
+
+@dataclass
+class Fitted:
+    model: Any
+    tokenizer: Any
+    stats: dict[str, Any]
+
+
+def _tokenize(tokenizer, texts: Sequence[Text], max_length: int | None, device: str):
+    kw: dict[str, Any] = {"max_length": max_length} if max_length else {}
+    if texts and isinstance(texts[0], tuple):
+        first, second = [t[0] for t in texts], [t[1] for t in texts]  # type: ignore[index]
+        return tokenizer(first, second, padding=True, truncation="longest_first", return_tensors="pt", **kw).to(device)
+    return tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt", **kw).to(device)
+
+
+def finetune_classifier(texts: Sequence[Text], y, weight, s: FinetuneSettings, *, encoder: str, device: str,
+                        labels: Sequence[str], multi_label: bool, progress: bool = True, desc: str = "train",
+                        log: Callable[[str], None] = print) -> Fitted:
+    """Fine-tune ``encoder`` on ``texts`` with targets ``y`` (n, k) in [0, 1] and per-cell loss weights ``weight``
+    (n, k; 0 masks a cell out): binary cross-entropy per cell, weighted, summed, divided by the number of cells
+    with a non-zero weight. Seeded; the model comes back in eval mode."""
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoTokenizer, BertForSequenceClassification, get_linear_schedule_with_warmup
+
+    random.seed(s.seed)
+    np.random.seed(s.seed)
+    torch.manual_seed(s.seed)
+    started = time.time()
+    tokenizer = AutoTokenizer.from_pretrained(encoder)
+    model = BertForSequenceClassification.from_pretrained(
+        encoder, num_labels=len(labels), problem_type="multi_label_classification" if multi_label else None,
+        id2label=dict(enumerate(labels)), label2id={lab: i for i, lab in enumerate(labels)}).to(device)
+    if s.freeze_embeddings:
+        model.bert.embeddings.requires_grad_(False)
+    head = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("classifier")]
+    body = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("classifier")]
+    optim = torch.optim.AdamW([{"params": body, "lr": s.learning_rate},
+                               {"params": head, "lr": s.head_learning_rate}], weight_decay=0.01)
+    steps_per_epoch = math.ceil(len(texts) / s.batch_size)
+    total = s.max_steps or max(1, math.ceil(steps_per_epoch * s.epochs))
+    sched = get_linear_schedule_with_warmup(optim, int(total * s.warmup_fraction), total)
+    y_all, w_all = torch.as_tensor(y, dtype=torch.float32), torch.as_tensor(weight, dtype=torch.float32)
+    order = list(range(len(texts)))
+    rng = random.Random(s.seed)
+    loss_curve, seen_tokens, step = [], 0, 0
+    model.train()
+    bar = tqdm(total=total, desc=desc, disable=not progress)
+    while step < total:
+        rng.shuffle(order)
+        for start in range(0, len(order), s.batch_size):
+            if step >= total:
+                break
+            idx = order[start:start + s.batch_size]
+            batch = _tokenize(tokenizer, [texts[i] for i in idx], s.max_length, device)
+            logits = model(**batch).logits
+            yb, wb = y_all[idx].to(device), w_all[idx].to(device)
+            per = torch.nn.functional.binary_cross_entropy_with_logits(logits, yb, reduction="none")
+            loss = (per * wb).sum() / (wb > 0).float().sum().clamp(min=1.0)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optim.step()
+            sched.step()
+            optim.zero_grad(set_to_none=True)
+            step += 1
+            seen_tokens += int(batch["attention_mask"].sum())
+            loss_curve.append({"step": step, "loss": round(float(loss.detach()), 5)})
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_curve[-1]['loss']:.4f}")
+    bar.close()
+    model.eval()
+    stats = {"device": device, "encoder": encoder, "examples": len(texts), "steps": step,
+             "epochs_equivalent": round(step * s.batch_size / max(1, len(texts)), 3), "tokens_seen": seen_tokens,
+             "train_seconds": round(time.time() - started, 1),
+             "final_loss": loss_curve[-1]["loss"] if loss_curve else None, "loss_curve": loss_curve}
+    return Fitted(model, tokenizer, stats)
+
+
+def predict_probs(model, tokenizer, texts: Sequence[Text], *, device: str, batch_size: int, max_length: int | None,
+                  progress: bool = False, desc: str = "scoring"):
+    """Sigmoid outputs, (n, classes), in eval mode."""
+    import torch
+    from tqdm.auto import tqdm
+
+    model.eval()
+    rows = []
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not progress, leave=False):
+            batch = _tokenize(tokenizer, list(texts[start:start + batch_size]), max_length, device)
+            rows.append(torch.sigmoid(model(**batch).logits).float().cpu())
+    return torch.cat(rows).numpy() if rows else None
