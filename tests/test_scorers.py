@@ -17,24 +17,6 @@ from harmgate.config import ConfigError, ToxicityScorerConfig, parse_config
 TEXTS = ["you are a wonderful person", "I will find you and hurt you", "", "the weather is nice today " * 40]
 
 
-@pytest.fixture(scope="module")
-def tiny_bert_dir(tmp_path_factory) -> Path:
-    """A 2-layer, 32-wide BERT with all-MiniLM-L6-v2's real tokenizer, saved as a normal HF folder."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from evals.scorers.encoder import minilm_path
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tok = AutoTokenizer.from_pretrained(minilm_path())
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=512)
-    BertModel(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
 def _tiny_classifier(folder: Path, n: int):
     import torch
     from transformers import BertConfig, BertForSequenceClassification
