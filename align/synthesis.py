@@ -85,6 +85,14 @@ class Synthesizer:
     model_id: str
     cache_path: Path | None = None
     seed: int = 0
+    # Which judge and toxicity scorer pick the replies (their names carry their fingerprints): part of the cache
+    # key, so refitted instruments never reuse replies the old ones chose. A callable is asked once, on first use.
+    instruments: str | Callable[[], str] = ""
+
+    def _instruments_id(self) -> str:
+        if callable(self.instruments):
+            self.instruments = self.instruments()
+        return self.instruments
 
     def __call__(self, source: DataSource, prompts: list[str]) -> list[Outcome]:
         assert source.intent is not None
@@ -149,7 +157,7 @@ class Synthesizer:
     # --- the cache: prompts already sampled for this model and these settings -------------------------------------
     def _key(self, intent: str, prompt: str) -> str:
         settings = json.dumps(self.config.model_dump(), sort_keys=True)
-        return hashlib.sha256(f"{self.model_id}\x1f{settings}\x1f{self.seed}\x1f{intent}\x1f{prompt}"
+        return hashlib.sha256(f"{self.model_id}\x1f{self._instruments_id()}\x1f{settings}\x1f{self.seed}\x1f{intent}\x1f{prompt}"
                               .encode("utf-8")).hexdigest()
 
     def _load_cache(self) -> dict[str, Outcome]:

@@ -166,20 +166,29 @@ def _synthesizer(run: RunDir, config: RunConfig):
         outs = generate(m, tok, texts, gen, k=k, seed=seed, chat=False, desc="sampling training replies")
         return [[(opener + o).strip() for o in per] for opener, per in zip(prefills, outs)]
 
-    def judge(prompts, replies):
+    def judge_model():
         if "judge" not in loaded:
             from evals.judge import load_judge
             loaded["judge"] = load_judge(config.evals.judge)
-        return [j.label for j in loaded["judge"].judge_many(list(replies), list(prompts))]
+        return loaded["judge"]
 
-    def toxicity(texts):
+    def scorer_model():
         if "tox" not in loaded:
             loaded["tox"] = default_toxicity_factory(config)()
-        return [float(x) for x in loaded["tox"].score(list(texts))]
+        return loaded["tox"]
+
+    def judge(prompts, replies):
+        return [j.label for j in judge_model().judge_many(list(replies), list(prompts))]
+
+    def toxicity(texts):
+        return [float(x) for x in scorer_model().score(list(texts))]
+
+    def instruments() -> str:
+        return f"{judge_model().name}|{getattr(scorer_model(), 'name', type(scorer_model()).__name__)}"
 
     return Synthesizer(sample=sample, judge=judge, toxicity=toxicity, config=syn, model_id=start.identity,
                        cache_path=Path(syn.cache) if syn.cache else run.root / "data" / "synthesis.jsonl",
-                       seed=config.data.seed)
+                       seed=config.data.seed, instruments=instruments)
 
 
 def _loss_text(metrics: dict[str, Any]) -> str:

@@ -91,6 +91,13 @@ def test_harmful_intent_pairs_a_steered_refusal_with_the_base_compliance(tmp_pat
     other = Synthesizer(sample, _judge, _tox, SynthesisConfig(samples=2), "m2", tmp_path / "cache.jsonl")
     other(src, ["pick a lock"])
     assert len(sample.calls) == 4
+    # So are other instruments (a refitted judge or scorer picks other replies), asked for once, lazily.
+    asked = []
+    refit = Synthesizer(sample, _judge, _tox, SynthesisConfig(samples=2), "m", tmp_path / "cache.jsonl",
+                        instruments=lambda: asked.append(1) or "judge:new|scorer:new")
+    refit(src, ["pick a lock"])
+    refit(src, ["pick a lock"])
+    assert len(sample.calls) == 6 and asked == [1]
 
 
 def test_benign_and_continuation_intents(tmp_path):
