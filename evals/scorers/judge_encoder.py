@@ -7,8 +7,8 @@ and it never sees the prompt, which decides whether "No, not all ... are ..." re
 Do-Not-Answer's labels) or declines. Here every encoder layer trains, on the prompt and the reply together.
 Sources and classes are balanced (each source the same total weight, refusals and compliances equal), as for
 the linear head. Fitted and validated by ``harmgate scorer validate-judge --finetune`` (evals/judge_validation.py);
-a fit needs a GPU in practice (16,791 pairs, ~10 s on an H200, most of an hour on two CPU cores), scoring does
-not (about 100 pairs a second on one CPU core at 192 tokens).
+a fit needs a GPU in practice (16,791 pairs: 10-15 s an epoch on an H200, 56 min on this project's 2-core CPU),
+scoring does not (35 pairs a second on 2 CPU threads at 192 tokens; docs/SCORERS.md).
 
 Folder layout::
 
