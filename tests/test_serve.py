@@ -470,19 +470,17 @@ def test_hot_swap_to_a_newly_approved_version(service, s3_store, tmp_path):
 
 # -- the default scorer: evals.toxicity_scorer through the real Detoxify loader --------------------------------
 @pytest.fixture(scope="module")
-def detoxify_checkpoint(tmp_path_factory) -> Path:
+def detoxify_checkpoint(tmp_path_factory, tiny_bert_dir) -> Path:
     """A Detoxify-format checkpoint of a 2-layer random BERT (the format `harmgate scorer train` writes)."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     from evals.scorers.detoxify_scorer import checkpoint_dict
-    from evals.scorers.encoder import minilm_path
 
     folder = tmp_path_factory.mktemp("detoxify")
-    tok = AutoTokenizer.from_pretrained(minilm_path())
+    tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=512, num_labels=1)
+    cfg = BertConfig.from_pretrained(tiny_bert_dir, num_labels=1)
     (folder / "hf").mkdir()
     cfg.save_pretrained(folder / "hf")
     tok.save_pretrained(folder / "hf")

