@@ -9,6 +9,9 @@
 #                          bash scripts/gpu/round.sh instruments && bash scripts/gpu/round.sh start RECIPE...
 #   then:                  bash scripts/gpu/round.sh wait 540        (prints progress; repeat until done)
 #   finally:               COMMIT=<sha> bash scripts/gpu/round.sh collect   (-> $OUT)
+# Safer (2026-12-03: two rounds were lost to gaps of more than 30 s between calls): carry the last chunk with
+#   COMMIT=<sha> SCORER_ARGS=... bash scripts/gpu/round.sh take pN && bash scripts/gpu/round.sh launch RECIPE...
+# then `COMMIT=<sha> bash scripts/gpu/round.sh step 540` back to back: every call returns what exists so far.
 # `start` runs in its own session (setsid), so it outlives the job that started it:
 #   1. the first recipe's data stage samples the base once (align/synthesis.py; a cache all recipes share);
 #   2. then, in parallel: the base evaluation (once: every recipe has the same model and evals sections, checked),
@@ -166,5 +169,11 @@ case "${1:-}" in
   background) shift; background "$@" ;;
   wait) wait_for "${2:-540}" ;;
   collect) collect ;;
-  *) echo "usage: $0 take pK | unpack | start RECIPE... | wait SECONDS | collect" >&2; exit 2 ;;
+  # One device call per step, so the machine never sits idle between `start`, the waits and the collects (it is
+  # given back after 30 s without a call, and the round with it): `launch` = unpack + instruments + start + step;
+  # `step S` = wait up to S seconds, then collect whatever exists so far into $OUT.
+  launch) shift; unpack && instruments && start "$@" && wait_for "${STEP_SECONDS:-300}" && collect ;;
+  step) wait_for "${2:-540}"; collect ;;
+  *) echo "usage: $0 take pK | unpack | start RECIPE... | launch RECIPE... | wait SECONDS | step SECONDS | collect" >&2
+     exit 2 ;;
 esac
