@@ -342,7 +342,7 @@ def validate_judge(
                                                             max_steps=None if ft_max_steps < 0 else ft_max_steps)
                                            if finetune else None)
         res = validate(settings, log=console.print)
-    except (JudgeHeadError, JudgeDataError, EncoderNotFound, ConnectedJudgeError) as err:
+    except (JudgeHeadError, JudgeDataError, EncoderNotFound, ConnectedJudgeError, ValueError) as err:
         _fail(str(err))
     wide = Console(width=max(console.width, 150))  # the tables are wider than a default 80-column log
     wide.print(refusal_table(res))

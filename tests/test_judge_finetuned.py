@@ -99,3 +99,19 @@ def test_validation_fine_tunes_in_every_fold(shared_data, tmp_path, tiny_bert_di
     assert res["finetune"]["max_steps"] == 1
     head = CrossEncoderHead.load(res["heads"]["finetuned"]["path"])
     assert head.fingerprint == res["heads"]["finetuned"]["fingerprint"]
+
+
+def test_bad_fine_tuning_settings_are_refused_by_name():
+    with pytest.raises(ValueError, match="epochs must be > 0.*max_steps must be >= 1"):
+        FinetuneSettings(epochs=0, max_steps=0)
+
+
+def test_validate_judge_cli_reports_bad_settings_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "harmgate", "scorer", "validate-judge", "--finetune",
+                           "--ft-epochs", "-1", "--out-dir", str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0 and "epochs must be > 0" in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr

@@ -30,6 +30,21 @@ class FinetuneSettings:
     freeze_embeddings: bool = True      # the 11.7M-parameter word embeddings: slow to update, quick to overfit
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        problems = self.finetune_problems()
+        if problems:
+            raise ValueError("invalid fine-tuning settings: " + "; ".join(problems))
+
+    def finetune_problems(self) -> list[str]:
+        problems = [f"{name} must be > 0, got {getattr(self, name)}"
+                    for name in ("epochs", "batch_size", "learning_rate", "head_learning_rate", "max_length")
+                    if getattr(self, name) <= 0]
+        if self.max_steps is not None and self.max_steps < 1:
+            problems.append(f"max_steps must be >= 1, got {self.max_steps}")
+        if not 0 <= self.warmup_fraction < 1:
+            problems.append(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        return problems
+
 
 @dataclass
 class Fitted:

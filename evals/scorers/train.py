@@ -61,14 +61,10 @@ class TrainSettings(FinetuneSettings):
     loo_test: int = 600                 # examples of the left-out source scored per fold (stratified)
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = self.finetune_problems()
         if not 0 < self.heldout_fraction < 1:
             problems.append(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
-        if self.epochs <= 0:
-            problems.append(f"epochs must be > 0, got {self.epochs}")
-        if self.max_steps is not None and self.max_steps < 1:
-            problems.append(f"max_steps must be >= 1, got {self.max_steps}")
-        for name in ("batch_size", "max_length", "eval_batch_size", "loo_test"):
+        for name in ("eval_batch_size", "loo_test"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1")
         for name in ("scale", "loo_scale"):
