@@ -157,8 +157,8 @@ class Synthesizer:
     # --- the cache: prompts already sampled for this model and these settings -------------------------------------
     def _key(self, intent: str, prompt: str) -> str:
         settings = json.dumps(self.config.model_dump(), sort_keys=True)
-        return hashlib.sha256(f"{self.model_id}\x1f{self._instruments_id()}\x1f{settings}\x1f{self.seed}\x1f{intent}\x1f{prompt}"
-                              .encode("utf-8")).hexdigest()
+        parts = (self.model_id, self._instruments_id(), settings, str(self.seed), intent, prompt)
+        return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
 
     def _load_cache(self) -> dict[str, Outcome]:
         if self.cache_path is None or not self.cache_path.is_file():

@@ -48,7 +48,8 @@ def judgement_from_probability(c: RuleCues, p: float, threshold: float) -> Judge
 
 
 def rules_then_head(replies: list[str], prompts: list[str | None],
-                    head: Callable[[list[str], list[str | None]], Sequence[float]], threshold: float) -> list[Judgement]:
+                    head: Callable[[list[str], list[str | None]], Sequence[float]],
+                    threshold: float) -> list[Judgement]:
     """What the rules are sure of (empty, echo, a decline in the first sentence, a bare question back, a disclaimer
     that is the whole reply) stands; ``head`` scores every other reply. Leave-one-source-out, this routing raised
     the trained judge's held-out PHTest accuracy 0.843 -> 0.887 and changed the others by at most 0.005
@@ -171,8 +172,9 @@ def load_judge(cfg: "JudgeConfig | None" = None) -> Any:
     """The judge a run config asks for (``evals.judge``); the rules when no config is given.
 
     ``auto`` takes the trained judge when its refusal head has been fitted (``harmgate scorer validate-judge``)
-    and the rules otherwise; ``finetuned`` the cross-encoder of ``validate-judge --finetune``. Results record the judge's name, so which one ran is never in doubt. The connected
-    kinds (``llama-guard-3``, ``harmbench``, ``wildguard``) load their model by hub id or path (``model``).
+    and the rules otherwise; ``finetuned`` the cross-encoder of ``validate-judge --finetune``. Results record the
+    judge's name, so which one ran is never in doubt. The connected kinds (``llama-guard-3``, ``harmbench``,
+    ``wildguard``) load their model by hub id or path (``model``).
     """
     if cfg is None or cfg.kind == "rules":
         return RuleRefusalJudge()

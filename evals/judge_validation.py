@@ -193,8 +193,13 @@ def fixed_predictions(rows: Sequence[LabelledReply]) -> dict[str, tuple[str, lis
     return out
 
 
-def fitted_refusal_predictions(rows: Sequence[LabelledReply], feats: Features, folds: Sequence[Fold]
-                               ) -> dict[str, tuple[str, list[bool], list[float]]]:
+def rules_sure(rows: Sequence[LabelledReply]) -> np.ndarray:
+    """Which replies the rules settle alone (the trained and fine-tuned judges keep those verdicts)."""
+    return np.array([rule_verdict(rule_cues(r.reply, r.prompt)) is not None for r in rows])
+
+
+def fitted_refusal_predictions(rows: Sequence[LabelledReply], feats: Features, folds: Sequence[Fold],
+                               sure: np.ndarray) -> dict[str, tuple[str, list[bool], list[float]]]:
     """Held-out predictions of the hybrid (v1 head) and the trained judge (v2 head), one fit per fold."""
     y = np.array([r.not_complying for r in rows])
     w = source_weights([r.source for r in rows])
@@ -207,15 +212,15 @@ def fitted_refusal_predictions(rows: Sequence[LabelledReply], feats: Features, f
         p_h = _fit_lr(feats.opening[f.train], y[f.train], 3.0).predict_proba(feats.opening[te])[:, 1]
         p_t = _fit_lr(feats.refusal[f.train], y[f.train], REFUSAL_C, "balanced",
                       w[f.train]).predict_proba(feats.refusal[te])[:, 1]
-        sure = np.array([v is not None for v in (rule_verdict(rule_cues(r.reply, r.prompt)) for r in test_rows)])
-        for key, flags, pr in (("hybrid", _hybrid_flags(test_rows, p_h), p_h), ("trained", (p_t >= 0.5) | sure, p_t)):
+        for key, flags, pr in (("hybrid", _hybrid_flags(test_rows, p_h), p_h),
+                               ("trained", (p_t >= 0.5) | sure[te], p_t)):
             preds[key].setdefault(f.name, np.zeros(len(rows), bool))[te] = flags
             probs[key].setdefault(f.name, np.zeros(len(rows)))[te] = pr
     return {k: (out[k][0], preds[k], probs[k]) for k in out}  # type: ignore[return-value]
 
 
 def finetuned_predictions(rows: Sequence[LabelledReply], folds: Sequence[Fold], settings: JudgeValidationSettings,
-                          log: Callable[[str], None] = print) -> dict[str, tuple[str, dict, dict]]:
+                          sure: np.ndarray, log: Callable[[str], None] = print) -> dict[str, tuple[str, dict, dict]]:
     """Held-out predictions of the fine-tuned cross-encoder, one fine-tune per fold: with the rules' sure verdicts
     standing (``finetuned``, what FinetunedRefusalJudge does) and the cross-encoder alone (``finetuned_alone``)."""
     from evals.scorers.encoder import minilm_path, pick_device
@@ -223,7 +228,6 @@ def finetuned_predictions(rows: Sequence[LabelledReply], folds: Sequence[Fold], 
 
     assert settings.finetune is not None
     encoder, device = minilm_path(settings.encoder), pick_device(settings.device)
-    sure = np.array([rule_verdict(rule_cues(r.reply, r.prompt)) is not None for r in rows])
     preds: dict[str, dict[str, np.ndarray]] = {"finetuned": {}, "finetuned_alone": {}}
     probs: dict[str, dict[str, np.ndarray]] = {"finetuned": {}, "finetuned_alone": {}}
     for k, f in enumerate(folds):
@@ -284,9 +288,10 @@ def validate(settings: JudgeValidationSettings, *, builder: FeatureBuilder | Non
         fixed[cj.kind] = (cj.name, [j.refused for j in out])
         connected_harm[cj.kind] = (cj.name, [j.harmful for j in out])
         log(f"{cj.name}: {len(rows)} replies in {time.perf_counter() - t:.0f} s")
-    fitted = fitted_refusal_predictions(rows, feats, folds)
+    sure = rules_sure(rows)
+    fitted = fitted_refusal_predictions(rows, feats, folds, sure)
     if settings.finetune is not None:
-        fitted.update(finetuned_predictions(rows, folds, settings, log=log))
+        fitted.update(finetuned_predictions(rows, folds, settings, sure, log=log))
 
     table: dict[str, dict[str, Any]] = {}
     for f in folds:

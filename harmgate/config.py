@@ -266,7 +266,8 @@ class JudgeConfig(_Section):
     kind: Literal["auto", "rules", "trained", "finetuned", "hybrid", "llama-guard-3", "harmbench", "wildguard"] = Field(
         "auto", description="rules: opening-sentence rules only; trained: MiniLM refusal head (+ harm head) fitted by "
         "`harmgate scorer validate-judge`; finetuned: the MiniLM cross-encoder over prompt + reply fitted by "
-        "`validate-judge --finetune` (a GPU in practice); hybrid: last round's rules + MiniLM head; auto: trained if its head exists, "
+        "`validate-judge --finetune` (a GPU in practice); hybrid: last round's rules + MiniLM head; auto: trained if "
+        "its head exists, "
         "else rules; llama-guard-3 / harmbench / wildguard: that published classifier (`model`; a GPU in practice)")
     refusal_head: str = Field("harmgate/refusal-judge/refusal-head-v2.json", description="The trained judge's "
                               "refusal head, a path or relative to the model mirror")

@@ -184,7 +184,7 @@ def _synthesizer(run: RunDir, config: RunConfig):
         return [float(x) for x in scorer_model().score(list(texts))]
 
     def instruments() -> str:
-        return f"{judge_model().name}|{getattr(scorer_model(), 'name', type(scorer_model()).__name__)}"
+        return f"{judge_model().name}|{scorer_model().name}"  # both names carry their weights' fingerprints
 
     return Synthesizer(sample=sample, judge=judge, toxicity=toxicity, config=syn, model_id=start.identity,
                        cache_path=Path(syn.cache) if syn.cache else run.root / "data" / "synthesis.jsonl",
