@@ -8,15 +8,14 @@ train_metrics.json, the merge record and the synthesis cache key (a folder rewri
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harmgate import digests
 from harmgate.config import RunConfig
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
 COMPATIBLE_FIELDS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers")
 
 
@@ -55,16 +54,10 @@ def model_folder(ref: str) -> Path:
 
 
 def weights_sha256(folder: Path) -> str:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
-    if not files:
-        raise StartingPointError(f"model.init_from: {folder} has no weight files (*.safetensors / *.bin)")
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode() + b"\0")
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(8 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
+    try:
+        return digests.weights_sha256(folder)
+    except FileNotFoundError as err:
+        raise StartingPointError(f"model.init_from: {err}") from None
 
 
 def _base_config(config: RunConfig) -> dict[str, Any]:

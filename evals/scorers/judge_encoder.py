@@ -18,14 +18,15 @@ Folder layout::
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from evals.scorers.finetune import FinetuneSettings, finetune_classifier, predict_probs
-from evals.scorers.refusal_head import JudgeHeadError, source_weights
+from evals.scorers.refusal_head import JudgeHeadError, find_in_model_dir, source_weights
+from harmgate.digests import weights_sha256
+from harmgate.mirror import model_dir
 
 CROSS_ENCODER_FORMAT = "harmgate-judge-crossencoder-v1"
 META_FILE = "harmgate_judge.json"
@@ -52,10 +53,10 @@ def balanced_weights(sources: Sequence[str], y: Sequence[bool]):
 
 
 def _weights_digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(folder.glob("*.safetensors")):
-        h.update(f.read_bytes())
-    return h.hexdigest()
+    try:
+        return weights_sha256(folder)
+    except FileNotFoundError as err:
+        raise JudgeHeadError(f"fine-tuned judge: {err}") from None
 
 
 @dataclass
@@ -132,10 +133,8 @@ def fit_cross_encoder(replies: Sequence[str], prompts: Sequence[str | None], not
 
 
 def resolve_finetuned(ref: str = DEFAULT_FINETUNED) -> Path:
-    from harmgate.mirror import model_dir
-
-    for p in (Path(ref).expanduser(), model_dir() / ref):
-        if (p / META_FILE).is_file():
-            return p
-    raise JudgeHeadError(f"fine-tuned judge {ref!r} not found (looked at {ref} and {model_dir() / ref}): run "
-                         f"`harmgate scorer validate-judge --finetune` (a GPU in practice) to fit it")
+    found = find_in_model_dir(ref, lambda p: (p / META_FILE).is_file())
+    if found is None:
+        raise JudgeHeadError(f"fine-tuned judge {ref!r} not found (looked at {ref} and {model_dir() / ref}): run "
+                             f"`harmgate scorer validate-judge --finetune` (a GPU in practice) to fit it")
+    return found

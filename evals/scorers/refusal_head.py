@@ -17,7 +17,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from evals.judge_rules import CUE_NAMES, cue_vector, opening, rule_cues, rule_verdict
 from evals.scorers.encoder import SentenceEncoder
@@ -45,10 +45,16 @@ def read_head_file(path: Path, fmt: str) -> dict[str, Any]:
     return data
 
 
+def find_in_model_dir(ref: str, present: Callable[[Path], bool]) -> Path | None:
+    """``ref`` as a path, else relative to the model mirror (``HARMGATE_MODEL_DIR``): the first that ``present``
+    accepts, or None."""
+    return next((p for p in (Path(ref).expanduser(), model_dir() / ref) if present(p)), None)
+
+
 def resolve_head_path(ref: str = DEFAULT_HEAD) -> Path:
-    for p in (Path(ref).expanduser(), model_dir() / ref):
-        if p.is_file():
-            return p
+    found = find_in_model_dir(ref, Path.is_file)
+    if found is not None:
+        return found
     raise JudgeHeadError(f"judge head {ref!r} not found (looked at {ref} and {model_dir() / ref}): run "
                          f"`harmgate scorer validate-judge` to fit it, or set evals.judge.kind: rules")
 
