@@ -26,7 +26,8 @@ LOO_VALIDATION_PER_SOURCE = 50
 def leave_one_out(data: Mapping[str, SourceData], s: Any, *, device: str, progress: bool = True,
                   folds_to_run: Sequence[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """One fold per source in ``folds_to_run`` (default: every source in ``data``); each trains on all others."""
-    from evals.scorers.train import accuracy_by_source, auc_table, choose_threshold, fit, predict_probs
+    from evals.scorers.finetune import predict_probs
+    from evals.scorers.train import accuracy_by_source, auc_table, choose_threshold, fit
 
     tox = LABELS.index("toxicity")
     folds: dict[str, Any] = {}
