@@ -15,6 +15,7 @@ sampled ones do (each process seeds its own stream), as they depend on batch sha
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence, TypeVar
@@ -55,7 +56,17 @@ def _group():
         if backend == "nccl":
             torch.cuda.set_device(ranks().local_rank)
         dist.init_process_group(backend)
+        # A group left alive at interpreter exit can abort the process ("terminate called without an active
+        # exception" from gloo's threads, seen in CI after every result was written): the group we open, we close.
+        atexit.register(_close_group)
     return dist
+
+
+def _close_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier() -> None:
