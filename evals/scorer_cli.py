@@ -110,12 +110,14 @@ def train(
     data: Optional[list[str]] = typer.Option(None, help="SOURCE=PATH: read that source from PATH (repeatable)"),
     train_count: Optional[list[str]] = typer.Option(None, help="SOURCE=N training examples (-1: all; repeatable)"),
     heldout_count: Optional[list[str]] = typer.Option(None, help="SOURCE=N held-out examples (-1: all)"),
-    scale: float = typer.Option(1.0, help="Multiply every default training budget"),
+    scale: float = typer.Option(2.0, help="Multiply every default training budget (1: ~5,000 examples)"),
     heldout_fraction: float = typer.Option(0.15, help="Share of unique texts held out (seeded, group-aware)"),
     epochs: float = typer.Option(1.0), max_steps: int = typer.Option(-1, help="-1: from epochs"),
     batch_size: int = typer.Option(32), learning_rate: float = typer.Option(1e-4),
     head_learning_rate: float = typer.Option(1e-3), max_length: int = typer.Option(64),
     freeze_embeddings: bool = typer.Option(True, help="Keep the word embeddings fixed"),
+    length_chunks: int = typer.Option(0, help="Run each batch as this many length-sorted chunks (same gradient, "
+                                      "less padding; 1: one padded batch; 0: auto, 8 on a CPU, 1 on a GPU)"),
     balance_labels: bool = typer.Option(True, help="Weigh each label's positives and negatives equally"),
     leave_one_out: bool = typer.Option(False, help="Also run leave-one-dataset-out (one fresh model per source)"),
     loo_scale: float = typer.Option(0.4, help="Fold training budget relative to the defaults"),
@@ -144,7 +146,8 @@ def train(
             heldout_counts=_pairs(heldout_count, "--heldout-count", _count), scale=scale,
             heldout_fraction=heldout_fraction, epochs=epochs, max_steps=None if max_steps < 0 else max_steps,
             batch_size=batch_size, learning_rate=learning_rate, head_learning_rate=head_learning_rate,
-            max_length=max_length, freeze_embeddings=freeze_embeddings, balance_labels=balance_labels, seed=seed,
+            max_length=max_length, freeze_embeddings=freeze_embeddings, length_chunks=length_chunks or None,
+            balance_labels=balance_labels, seed=seed,
             device=device, leave_one_out=leave_one_out, loo_scale=loo_scale, loo_test=loo_test)
         result = train_toxicity_classifier(settings, log=console.print)
     except (ValueError, ToxicityDataError, EncoderNotFound) as err:
