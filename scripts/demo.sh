@@ -36,7 +36,9 @@ say "3/6 toxicity scorer for the service's moderation (Detoxify format, trained 
 if [ -f models/harmgate/toxicity-minilm/detoxify.ckpt ]; then
   echo "demo: models/harmgate/toxicity-minilm already trained; reusing it"
 else
-  $HG scorer train || { echo "demo: could not train the toxicity scorer"; exit 2; }
+  # One thread: its steps run as small length-sorted chunks, and on a shared 2-core box torch's two threads made a
+  # step 3.5x slower than one (bench/finetune_batches.py --threads 1|2; docs/SCORERS.md, "Padding").
+  $HG scorer train --threads 1 || { echo "demo: could not train the toxicity scorer"; exit 2; }
 fi
 
 say "4/6 pipeline: data -> QLoRA train -> merge -> eval (base and tuned) -> gate -> publish"
