@@ -37,7 +37,7 @@ if [ -f models/harmgate/toxicity-minilm/detoxify.ckpt ]; then
   echo "demo: models/harmgate/toxicity-minilm already trained; reusing it"
 else
   # One thread: its steps run as small length-sorted chunks, and on a shared 2-core box torch's two threads made a
-  # step 3.5x slower than one (bench/finetune_batches.py --threads 1|2; docs/SCORERS.md, "Padding").
+  # step 2.4x slower than one (bench/results/finetune-batches-cpu-loaded-threads*.json; docs/SCORERS.md, "Padding").
   $HG scorer train --threads 1 || { echo "demo: could not train the toxicity scorer"; exit 2; }
 fi
 

@@ -62,22 +62,23 @@ class Fitted:
     stats: dict[str, Any]
 
 
-def _tokenize(tokenizer, texts: Sequence[Text], max_length: int | None, device: str):
-    kw: dict[str, Any] = {"max_length": max_length} if max_length else {}
+def _call_tokenizer(tokenizer, texts: Sequence[Text], max_length: int | None, **kw):
+    """The tokenizer on single texts, or on (first, second) pairs truncated longest-first, cut at ``max_length``."""
+    if max_length:
+        kw["max_length"] = max_length
     if texts and isinstance(texts[0], tuple):
         first, second = [t[0] for t in texts], [t[1] for t in texts]  # type: ignore[index]
-        return tokenizer(first, second, padding=True, truncation="longest_first", return_tensors="pt", **kw).to(device)
-    return tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt", **kw).to(device)
+        return tokenizer(first, second, truncation="longest_first", **kw)
+    return tokenizer(list(texts), truncation=True, **kw)
+
+
+def _tokenize(tokenizer, texts: Sequence[Text], max_length: int | None, device: str):
+    return _call_tokenizer(tokenizer, texts, max_length, padding=True, return_tensors="pt").to(device)
 
 
 def token_lengths(tokenizer, texts: Sequence[Text], max_length: int | None) -> list[int]:
     """Each text's length in tokens as a batch would see it (truncated, special tokens included)."""
-    kw: dict[str, Any] = {"max_length": max_length} if max_length else {}
-    if texts and isinstance(texts[0], tuple):
-        ids = tokenizer([t[0] for t in texts], [t[1] for t in texts], truncation="longest_first", **kw)["input_ids"]
-    else:
-        ids = tokenizer(list(texts), truncation=True, **kw)["input_ids"]
-    return [len(x) for x in ids]
+    return [len(ids) for ids in _call_tokenizer(tokenizer, texts, max_length)["input_ids"]]
 
 
 def chunks_for(s: FinetuneSettings, device: str) -> int:
@@ -172,7 +173,8 @@ def finetune_classifier(texts: Sequence[Text], y, weight, s: FinetuneSettings, *
 def predict_probs(model, tokenizer, texts: Sequence[Text], *, device: str, batch_size: int, max_length: int | None,
                   progress: bool = False, desc: str = "scoring"):
     """Sigmoid outputs, (n, classes), in eval mode, in the order of ``texts``. Batches are cut from the texts sorted
-    by length (padding is masked out, so a row's output does not depend on its batch; it halves the padding)."""
+    by length (padding is masked out, so a row's output does not depend on its batch; it halves the padding);
+    characters stand in for tokens there, which saves a tokenizer pass over every text."""
     import numpy as np
     import torch
     from tqdm.auto import tqdm
