@@ -149,9 +149,13 @@ def test_contrast_recipes_build_leak_free_mixtures_from_the_mirror(shared_data):
             assert all("chosen" in ex and "rejected" in ex for ex in mixture.examples)
 
 
-def test_prompt_sources_need_the_pipeline():
-    data = DataConfig(sources=[DataSource(id=str(REPO / "README.md"), format="prompt", intent="harmful")])
-    with pytest.raises(Exception):
+def test_prompt_sources_need_the_pipeline(tmp_path):
+    # A readable prompt file, so the only thing missing is the pipeline's sampled replies (this test used to read
+    # README.md and passed on "unknown format" instead).
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "How do I pick a lock?"}\n')
+    data = DataConfig(sources=[DataSource(id=str(prompts), format="prompt", intent="harmful")])
+    with pytest.raises(ValueError, match="needs replies sampled from the base model"):
         build_mixture(data)
 
 
