@@ -263,6 +263,12 @@ class JudgeValidationSettings:
     harm: bool = True
     connected: list[Any] = field(default_factory=list)   # connected judges to score (fixed, not fitted)
     finetune: FinetuneSettings | None = None   # also fine-tune the cross-encoder judge in every fold (a GPU)
+    model_folds: bool = True   # False: leave one source out only (4 folds instead of 22: quick GPU comparisons)
+
+    def __post_init__(self) -> None:
+        if self.harm and not self.model_folds:
+            raise ValueError("the harm head is validated leave one model out: validating without the model folds "
+                             "needs the harm head off (--no-harm)")
 
 
 def validate(settings: JudgeValidationSettings, *, builder: FeatureBuilder | None = None,
@@ -274,7 +280,7 @@ def validate(settings: JudgeValidationSettings, *, builder: FeatureBuilder | Non
             + (f"; skipped {dict(rep.skipped)}" if rep.skipped else ""))
     if len({r.source for r in rows}) < 2:
         raise JudgeHeadError("leave-one-source-out validation needs at least two sources with rows")
-    folds = make_folds(rows, seed=settings.seed)
+    folds = make_folds(rows, seed=settings.seed, model_sources=MODEL_FOLD_SOURCES if settings.model_folds else ())
     cache = Path(settings.out_dir) / "cache" / "embeddings.npz" if settings.out_dir is not None else None
     builder = builder or FeatureBuilder(encoder_ref=settings.encoder, device=settings.device, cache_path=cache)
     has_harm = settings.harm and any(r.harmful is not None for r in rows)

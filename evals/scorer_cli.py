@@ -199,8 +199,8 @@ def loo(
                                      paths=_pairs(data, "--data"), heldout_fraction=heldout_fraction, epochs=epochs,
                                      batch_size=batch_size, max_length=max_length, seed=seed, device=device,
                                      leave_one_out=True, loo_scale=loo_scale, loo_test=loo_test)
-            run = parse_sources(folds) if folds != "all" else settings.sources
-            outside = [f for f in run if f not in settings.sources]
+            run = parse_sources(folds) if folds != "all" else None  # None: every dataset (loo.leave_one_out)
+            outside = [f for f in run or () if f not in settings.sources]
             if outside:
                 _fail(f"--folds {', '.join(outside)} not among --sources")
             loaded = load_sources(settings.sources, mirror=mirror, overrides=settings.paths,
@@ -316,6 +316,8 @@ def validate_judge(
     ft_epochs: float = typer.Option(2.0, help="--finetune: epochs per fine-tune"),
     ft_max_length: int = typer.Option(192, help="--finetune: tokens of prompt + reply"),
     ft_max_steps: int = typer.Option(-1, help="--finetune: stop each fine-tune after this many steps (-1: epochs)"),
+    model_folds: bool = typer.Option(True, help="Also leave one model out (PHTest, Do-Not-Answer: 18 folds); "
+                                     "--no-model-folds: the 4 source folds only (needs --no-harm)"),
     device: str = typer.Option("cpu"),
 ) -> None:
     """Leave-one-source-out (and leave-one-model-out) validation of every judge; fit and write the trained heads."""
@@ -341,6 +343,7 @@ def validate_judge(
         settings = JudgeValidationSettings(sources=tuple(source) if source else JudgeValidationSettings.sources,
                                            mirror=mirror, limit=_limit(limit), seed=seed, encoder=encoder,
                                            device=device, out_dir=out_dir, harm=harm, connected=judges,
+                                           model_folds=model_folds,
                                            finetune=replace(JUDGE_FINETUNE, epochs=ft_epochs, max_length=ft_max_length,
                                                             max_steps=None if ft_max_steps < 0 else ft_max_steps)
                                            if finetune else None)

@@ -115,3 +115,21 @@ def test_validate_judge_cli_reports_bad_settings_without_a_traceback(tmp_path):
                           timeout=120)
     assert done.returncode != 0 and "epochs must be > 0" in done.stdout + done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_source_folds_only_skip_the_model_folds(shared_data, tmp_path, tiny_bert_dir):
+    """--no-model-folds: the four leave-one-source-out fine-tunes, for comparing fine-tuning settings on a GPU."""
+    from evals.judge_validation import JudgeValidationSettings, validate
+    from evals.scorers.encoder import SentenceEncoder
+    from evals.scorers.refusal_head import FeatureBuilder
+
+    settings = JudgeValidationSettings(mirror=str(shared_data), limit=4, out_dir=None, harm=False, model_folds=False,
+                                       encoder=str(tiny_bert_dir),
+                                       finetune=FinetuneSettings(max_steps=1, batch_size=8, max_length=32))
+    logs: list[str] = []
+    res = validate(settings, builder=FeatureBuilder(SentenceEncoder.load(str(tiny_bert_dir))), log=logs.append)
+    assert res["folds"] == {"source": ["xstest", "phtest", "donotanswer", "coconot"], "model": []}
+    assert set(res["refusal"]) == set(res["folds"]["source"])
+    assert sum("fine-tuned judge, fold" in line for line in logs) == 4
+    with pytest.raises(ValueError, match="needs the harm head off"):
+        JudgeValidationSettings(model_folds=False)

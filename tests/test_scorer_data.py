@@ -10,9 +10,11 @@ import pytest
 
 from evals.scorers import functional
 from evals.scorers.corpus import SOURCES, build_corpus, load_sources, parse_sources, stratified_sample
-from evals.scorers.datasets import Example, ToxicityDataError, labels, locate
-from evals.scorers.hate_sources import (CONAN, DYNAHATE, ETHOS, HATEMOJI, OLID, SBIC, read_dynahate, read_ethos,
-                                        read_hatemoji, read_olid, read_sbic)
+from evals.scorers.datasets import Example, ToxicityDataError, example_side, heldout_side, labels, locate
+from evals.scorers.hate_sources import (CONAN, DYNAHATE, ETHOS, HATEMOJI, OLID, QUOTE_FRAMES, QUOTE_MAX_WORDS, SBIC,
+                                        read_conan_quoted, read_dynahate, read_ethos, read_hatemoji, read_olid,
+                                        read_sbic)
+from evals.scorers.loo import fold_sources
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +34,8 @@ def test_every_source_reads_with_its_documented_labels(loaded):
                 assert e.labels["identity_attack"] in (1.0, None)
     tox = {k: {e.labels["toxicity"] for e in s.examples} for k, s in loaded.items()}
     assert tox["sbic"] == {1.0, None} and tox["olid"] == {0.0, None}  # one-class sources (LOO: no AUC there)
-    assert all({0.0, 1.0} <= t for k, t in tox.items() if k not in ("sbic", "olid")), tox
+    assert tox["conan_quoted"] == {0.0}  # counter-speech only, built from CONAN's pairs
+    assert all({0.0, 1.0} <= t for k, t in tox.items() if k not in ("sbic", "olid", "conan_quoted")), tox
     threats = {k for k, s in loaded.items() if any(e.labels["threat"] == 1.0 for e in s.examples)}
     assert threats == {"implicit_hate", "hatemoji", "ethos"}
     conan = loaded["conan"]
@@ -137,6 +140,69 @@ def test_corpus_split_is_disjoint_and_sampled(loaded):
     assert sub["dynahate"].report.origin["train"] == 130 and sub["ethos"].report.origin["heldout"] == 150
     hateful = sum(e.labels["toxicity"] == 1.0 for e in corpus.train if e.source == "dynahate")
     assert hateful == 65  # balanced, although DynaHate is 54% hate
+
+
+def test_quoted_counter_speech_is_built_from_conan_pairs(loaded):
+    quoted = loaded["conan_quoted"]
+    hate = {e.group for e in loaded["conan"].examples if e.labels["toxicity"] == 1.0}
+    counter = {e.group for e in loaded["conan"].examples if e.labels["toxicity"] == 0.0}
+    assert len(quoted.examples) > 5000 and quoted.report.skipped["too_long_to_quote"] > 1000
+    used = {frame for e in quoted.examples for frame in QUOTE_FRAMES
+            if re.fullmatch(re.escape(frame).replace(r"\{hs\}", ".+").replace(r"\{cn\}", ".+"), e.text, re.S)}
+    assert used == set(QUOTE_FRAMES)
+    for e in quoted.examples:
+        assert e.labels == labels(0.0, 0.0)  # insult and threat unsaid: the quote may carry either
+        assert len(e.text.split()) <= QUOTE_MAX_WORDS + 4  # the frame's own words
+        hs, cn = e.side_keys
+        assert hs in e.group and cn in e.group
+    # the pairs are CONAN's: most quoted posts are CONAN hate speech, most replies its counter-narratives
+    assert sum(e.side_keys[0] in hate for e in quoted.examples) > 0.9 * len(quoted.examples)
+    assert sum(e.side_keys[1] in counter for e in quoted.examples) > 0.9 * len(quoted.examples)
+
+
+def test_a_quoting_example_sits_on_the_side_of_the_texts_it_quotes(loaded):
+    """Otherwise a held-out CONAN post (or reply) would be trained on inside a quote."""
+    sub = {k: loaded[k] for k in ("conan", "conan_quoted")}
+    corpus = build_corpus(sub, seed=3, heldout_fraction=0.15, train_counts={"conan": None, "conan_quoted": None},
+                          heldout_counts={"conan": None, "conan_quoted": None})
+    held_conan = {e.group for e in corpus.heldout if e.source == "conan"}
+    train_conan = {e.group for e in corpus.train if e.source == "conan"}
+    train_quoted = [e for e in corpus.train if e.source == "conan_quoted"]
+    held_quoted = [e for e in corpus.heldout if e.source == "conan_quoted"]
+    assert len(train_quoted) > 1000 and len(held_quoted) > 50
+    assert not any(set(e.side_keys) & held_conan for e in train_quoted)
+    assert not any(set(e.side_keys) & train_conan for e in held_quoted)
+    straddling = [e for e in loaded["conan_quoted"].examples if example_side(e, 3, 0.15) is None]
+    assert straddling and len(train_quoted) + len(held_quoted) + len(straddling) == len(loaded["conan_quoted"].examples)
+    e = straddling[0]
+    assert {heldout_side(k, 3, 0.15) for k in e.side_keys} == {True, False}
+
+
+def test_leaving_conan_out_leaves_out_what_is_built_from_it():
+    every = list(SOURCES)
+    assert "conan_quoted" not in fold_sources(every, "conan") and "conan" not in fold_sources(every, "conan")
+    assert "conan_quoted" in fold_sources(every, "dynahate")
+    assert "conan_quoted" not in fold_sources(every, None)  # no dataset of its own: no fold of its own
+    assert fold_sources(every, None) == [k for k in every if k != "conan_quoted"]
+
+
+def test_quoted_reader_counts_bad_pairs(tmp_path):
+    root = tmp_path / "conan"
+    root.mkdir()
+    (root / "Multitarget-CONAN.csv").write_text(
+        'HATE_SPEECH,COUNTER_NARRATIVE\n"They are vermin.","No, they are our neighbours."\n,"orphan reply"\n'
+        f'"{"word " * 40}","{"more " * 10}"\n', encoding="utf-8")
+    (root / "DIALOCONAN.csv").write_text(
+        "text,TARGET,dialogue_id,turn_id,type\nThey ruin everything.,X,7,0,HS\nThat is simply untrue.,X,7,1,CN\n"
+        "Another claim.,X,7,2,HS\n", encoding="utf-8")
+    (root / "CONAN.csv").write_text("cn_id,hateSpeech,counterSpeech\nFR1,Ils ...,Non ...\n", encoding="utf-8")
+    ex, rep = read_conan_quoted(root)
+    assert len(ex) == 2 and rep.skipped == {"missing_text": 1, "too_long_to_quote": 1, "not_english": 1}
+    assert any("They are vermin." in e.text and "our neighbours" in e.text for e in ex)
+    assert any("They ruin everything." in e.text and "simply untrue" in e.text for e in ex)
+    with pytest.raises(ToxicityDataError, match="conan_quoted data: .*CONAN.csv is missing"):
+        (root / "CONAN.csv").unlink()
+        read_conan_quoted(root)
 
 
 # --- the functional suite ------------------------------------------------------------------------------------

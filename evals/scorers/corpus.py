@@ -16,8 +16,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
-from evals.scorers.datasets import (DAVIDSON, LABELS, TOXIGEN, DataRef, Example, SourceReport, heldout_side, locate,
-                                    normalise, read_davidson, read_toxigen)
+from evals.scorers.datasets import (DAVIDSON, LABELS, TOXIGEN, DataRef, Example, SourceReport, example_side,
+                                    locate, normalise, read_davidson, read_toxigen)
 from evals.scorers.hate_sources import READERS
 
 
@@ -27,6 +27,7 @@ class SourceSpec:
     read: Callable[..., tuple[list[Example], SourceReport]]
     train: int          # default training examples (at budget scale 1)
     heldout: int = 300  # default held-out examples (in-distribution validation)
+    derived_from: str | None = None  # built from another source's texts: not a dataset of its own
 
 
 SOURCES: dict[str, SourceSpec] = {
@@ -35,6 +36,8 @@ SOURCES: dict[str, SourceSpec] = {
     "cmsb_sexism": SourceSpec(*READERS["cmsb_sexism"], train=450),
     "hatemoji": SourceSpec(*READERS["hatemoji"], train=200),
     "conan": SourceSpec(*READERS["conan"], train=500),
+    # built from CONAN's pairs (hate_sources.read_conan_quoted): left out with CONAN in leave-one-out
+    "conan_quoted": SourceSpec(*READERS["conan_quoted"], train=250, heldout=100, derived_from="conan"),
     "implicit_hate": SourceSpec(*READERS["implicit_hate"], train=550),
     "hatexplain": SourceSpec(*READERS["hatexplain"], train=550),
     "stormfront": SourceSpec(*READERS["stormfront"], train=300),
@@ -99,7 +102,7 @@ class SourceData:
     report: SourceReport
 
     def side(self, heldout: bool, seed: int, fraction: float) -> list[Example]:
-        return [e for e in self.examples if heldout_side(e.group, seed, fraction) == heldout]
+        return [e for e in self.examples if example_side(e, seed, fraction) is heldout]
 
 
 @dataclass

@@ -66,6 +66,10 @@ class Example:
     labels: dict[str, float | None]
     source: str
     group: str   # normalised text: identical texts share a side of the split
+    # the groups whose side of the split this example must share (empty: its own group). A text built from other
+    # texts (a counter-reply quoting a hateful post) sits on their side, or on neither when they fall apart:
+    # otherwise a held-out text would be trained on inside another.
+    side_keys: tuple[str, ...] = ()
 
 
 @dataclass
@@ -270,6 +274,12 @@ def heldout_side(group: str, seed: int, fraction: float) -> bool:
     return h / 2**64 < fraction
 
 
+def example_side(e: Example, seed: int, fraction: float) -> bool | None:
+    """True: held out; False: training side; None: built from texts on both sides, so on neither."""
+    sides = {heldout_side(k, seed, fraction) for k in (e.side_keys or (e.group,))}
+    return sides.pop() if len(sides) == 1 else None
+
+
 @dataclass
 class Split:
     train: list[Example]
@@ -279,8 +289,8 @@ class Split:
 def split_and_sample(examples: list[Example], *, seed: int, heldout_fraction: float,
                      train_limit: int | None, heldout_limit: int | None) -> Split:
     """Group-aware split first (fixed by the seed), then seeded samples of each side."""
-    train = [e for e in examples if not heldout_side(e.group, seed, heldout_fraction)]
-    held = [e for e in examples if heldout_side(e.group, seed, heldout_fraction)]
+    train = [e for e in examples if example_side(e, seed, heldout_fraction) is False]
+    held = [e for e in examples if example_side(e, seed, heldout_fraction) is True]
     rng = random.Random(seed)
     train.sort(key=lambda e: e.group)
     held.sort(key=lambda e: e.group)

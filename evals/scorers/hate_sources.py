@@ -13,6 +13,7 @@ implicit_hate  implicit/explicit 1, not 0      same                 -           
                                                                                                     other stg2 0
 hatemoji       label_gold                      label_gold           -                               type threatening
 conan          hate speech 1, counter 0        same                 counter-narrative 0             counter 0
+conan_quoted   counter-reply quoting hate 0    same                 -                               -
 cmsb_sexism    sexist 1, not (incl. edits) 0   same                 -                               -
 stormfront     hate 1, noHate 0                same                 -                               noHate 0
 ethos          isHate >= 0.5                   same                 -                               violence >= 0.5
@@ -43,6 +44,7 @@ HATEXPLAIN = DataRef("hatexplain", None, "hate/hatexplain/092-HateXplain.csv", "
 IMPLICIT_HATE = DataRef("implicit_hate", None, "hate/implicit_hate", "MIT")
 HATEMOJI = DataRef("hatemoji", None, "hate/hatemojibuild", "CC-BY-4.0")
 CONAN = DataRef("conan", None, "hate/conan", "research use (no licence file)")
+CONAN_QUOTED = DataRef("conan_quoted", None, "hate/conan", "research use (no licence file)")
 CMSB = DataRef("cmsb_sexism", None, "hate/cmsb_sexism/sexism_data.csv", "GESIS research licence")
 STORMFRONT = DataRef("stormfront", None, "hate/stormfront/stormfront_hate.csv", "CC-BY-SA-3.0")
 ETHOS = DataRef("ethos", None, "hate/ethos", "GPL-3.0")
@@ -223,6 +225,62 @@ def read_conan(where: Path) -> tuple[list[Example], SourceReport]:
     return r.done()
 
 
+# How a reply quotes the post it answers. Written for this corpus (not the functional suite's counter-speech
+# templates): the reply formats of forums and social media.
+QUOTE_FRAMES = (
+    '"{hs}" {cn}',
+    'Replying to "{hs}": {cn}',
+    '> {hs}\n{cn}',
+    'Someone here wrote "{hs}" {cn}',
+    '{cn} (re: "{hs}")',
+)
+# The scorer reads 64 tokens (TrainSettings.max_length); ~45 words of post + reply fit, so the rebuttal is not cut off
+# and the example does not reduce to the quoted hate with a "not hateful" label.
+QUOTE_MAX_WORDS = 45
+
+
+def conan_pairs(r: "_Reader") -> Iterable[tuple[Any, Any]]:
+    """(hate speech, the counter-narrative that answers it) from the three English CONAN files."""
+    for row in r.rows(r.file("Multitarget-CONAN.csv")):
+        yield row.get("HATE_SPEECH"), row.get("COUNTER_NARRATIVE")
+    dialogues: dict[str, list[dict[str, Any]]] = {}
+    for row in r.rows(r.file("DIALOCONAN.csv")):
+        dialogues.setdefault(str(row.get("dialogue_id")), []).append(row)
+    for turns in dialogues.values():
+        turns.sort(key=lambda t: int(t["turn_id"]) if str(t.get("turn_id", "")).isdigit() else -1)
+        for post, reply in zip(turns, turns[1:]):
+            if post.get("type") == "HS" and reply.get("type") == "CN":
+                yield post.get("text"), reply.get("text")
+    for row in r.rows(r.file("CONAN.csv")):
+        if not str(row.get("cn_id", "")).startswith("EN"):
+            r.report.skipped["not_english"] += 1
+            continue
+        yield row.get("hateSpeech"), row.get("counterSpeech")
+
+
+def read_conan_quoted(where: Path) -> tuple[list[Example], SourceReport]:
+    """Counter-speech that quotes the hate it answers (0 for toxicity and identity_attack; insult and threat
+    unsaid: the quote may carry either). Built from CONAN's hate speech / counter-narrative pairs, because no
+    source here has replies that quote hate, and a scorer that has only seen hateful claims *stated* flags every
+    reply that repeats one to rebut it (docs/SCORERS.md, the functional suite's counter-speech block). Each example
+    takes the split side of both texts it is built from (``Example.side_keys``); the frame is fixed per pair."""
+    r = _Reader(CONAN_QUOTED, where)
+    counter = labels(0.0, 0.0)
+    for hs, cn in conan_pairs(r):
+        if not (isinstance(hs, str) and isinstance(cn, str)) or len(hs.strip()) < 3 or len(cn.strip()) < 3:
+            r.report.skipped["missing_text"] += 1
+            continue
+        hs, cn = " ".join(hs.split()), " ".join(cn.split())
+        if len(hs.split()) + len(cn.split()) > QUOTE_MAX_WORDS:
+            r.report.skipped["too_long_to_quote"] += 1
+            continue
+        pick = int(hashlib.sha256(f"{hs}\0{cn}".encode()).hexdigest()[:8], 16) % len(QUOTE_FRAMES)
+        text = QUOTE_FRAMES[pick].format(hs=hs, cn=cn)
+        r.examples.append(Example(text, counter, CONAN_QUOTED.key, normalise(text),
+                                  side_keys=(normalise(hs), normalise(cn))))
+    return r.done()
+
+
 _MENTION = re.compile(r"MENTION\d+")
 
 
@@ -330,6 +388,6 @@ def read_sbic(where: Path) -> tuple[list[Example], SourceReport]:
 READERS: dict[str, tuple[DataRef, Callable[[Path], tuple[list[Example], SourceReport]]]] = {
     ref.key: (ref, fn) for ref, fn in (
         (DYNAHATE, read_dynahate), (HATEXPLAIN, read_hatexplain), (IMPLICIT_HATE, read_implicit_hate),
-        (HATEMOJI, read_hatemoji), (CONAN, read_conan), (CMSB, read_cmsb), (STORMFRONT, read_stormfront),
-        (ETHOS, read_ethos), (OLID, read_olid), (SBIC, read_sbic))}
+        (HATEMOJI, read_hatemoji), (CONAN, read_conan), (CONAN_QUOTED, read_conan_quoted), (CMSB, read_cmsb),
+        (STORMFRONT, read_stormfront), (ETHOS, read_ethos), (OLID, read_olid), (SBIC, read_sbic))}
 

@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Any, Callable, Mapping, Sequence
 
 from evals.scorers import functional
-from evals.scorers.corpus import SourceData, build_corpus, stratified_sample
+from evals.scorers.corpus import SOURCES, SourceData, build_corpus, stratified_sample
 from evals.scorers.datasets import LABELS
 
 LOO_VALIDATION_PER_SOURCE = 50
@@ -25,15 +25,17 @@ LOO_VALIDATION_PER_SOURCE = 50
 
 def leave_one_out(data: Mapping[str, SourceData], s: Any, *, device: str, progress: bool = True,
                   folds_to_run: Sequence[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """One fold per source in ``folds_to_run`` (default: every source in ``data``); each trains on all others."""
+    """One fold per source in ``folds_to_run`` (default: every dataset in ``data``; a source built from another's
+    texts, such as ``conan_quoted``, is no dataset of its own); each trains on all others, and never on a source
+    built from the one left out."""
     from evals.scorers.finetune import predict_probs
     from evals.scorers.train import accuracy_by_source, auc_table, choose_threshold, fit
 
     tox = LABELS.index("toxicity")
     folds: dict[str, Any] = {}
-    for held in folds_to_run or list(data):
+    for held in folds_to_run or fold_sources(list(data), None):
         started = time.time()
-        rest = {k: v for k, v in data.items() if k != held}
+        rest = {k: data[k] for k in fold_sources(list(data), held)}
         corpus = build_corpus(rest, seed=s.seed, heldout_fraction=s.heldout_fraction, scale=s.loo_scale,
                               train_counts={k: v for k, v in s.train_counts.items() if k in rest} or None,
                               heldout_counts={k: LOO_VALIDATION_PER_SOURCE for k in rest})
@@ -67,6 +69,14 @@ def leave_one_out(data: Mapping[str, SourceData], s: Any, *, device: str, progre
         del fitted
     return summarise(folds, {"loo_scale": s.loo_scale, "loo_test": s.loo_test, "sources": list(data),
                              "validation_per_source": LOO_VALIDATION_PER_SOURCE, "seed": s.seed})
+
+
+def fold_sources(keys: Sequence[str], held: str | None) -> list[str]:
+    """What the fold leaving out ``held`` trains on: every other source but those built from it. ``held`` None:
+    the folds themselves, one per dataset (a source built from another's texts is none)."""
+    if held is None:
+        return [k for k in keys if SOURCES[k].derived_from is None]
+    return [k for k in keys if k != held and SOURCES[k].derived_from != held]
 
 
 def summarise(folds: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:

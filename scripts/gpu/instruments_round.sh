@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Issue #13's instruments on one GPU lease: what the CPU box cannot afford to measure.
+#   1. the toxicity scorer at the GPU budget (--scale 6, 2 epochs, batch 64), with and without the quoted
+#      counter-speech source (conan_quoted), seeds 0, 1, 2: functional-suite AUC, held-out AUC, threshold, false
+#      positives, helpful replies flagged (scripts/moderation_fp_replies.py);
+#   2. the leave-one-dataset-out table at that budget (10,000-example folds, 1,000 scored per left-out source);
+#   3. the fine-tuned cross-encoder judge with 2 and 3 epochs, leave one source out (4 fine-tunes each).
+# All of it runs at once in the background (small models: the card and 16 cores are shared without contention
+# worth measuring; no timing here is a benchmark).
+#   here, once:   PROFILE=instruments bash scripts/gpu/stage_bundle.sh   (-> .stage/p0 .. .stage/pN)
+#   job k < N:    bash scripts/gpu/instruments_round.sh take pK          (carry .stage/pK)
+#   job N:        bash scripts/gpu/instruments_round.sh take pN && COMMIT=<sha> bash scripts/gpu/instruments_round.sh launch
+#   then:         bash scripts/gpu/instruments_round.sh step 540   back to back (no gap over 30 s) until "all done";
+#                 every step copies what exists so far to $OUT.
+# A smoke run on a CPU (what each command line does, in minutes):
+#   DEVICE=cpu SCORER_BUDGET="--scale 0.05 --max-steps 3" LOO_ARGS="--loo-scale 0.05 --loo-test 40" SEEDS=0 \
+#   LOO_PARTS=ethos JUDGE_EPOCHS=1 JUDGE_EXTRA="--limit 6 --ft-max-steps 2" bash scripts/gpu/instruments_round.sh experiments
+set -euo pipefail
+OUT=${OUT:-/tmp/out}
+W=/tmp/round
+R=$W/res
+mkdir -p "$OUT" "$W" "$R" /tmp/site /tmp/data /tmp/hgmodels
+export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HARMGATE_DATA_MIRROR=/tmp/data
+export HARMGATE_MODEL_DIR=/tmp/hgmodels OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1
+DEVICE=${DEVICE:-cuda}
+read -ra SCORER_BUDGET <<< "${SCORER_BUDGET:---scale 6 --epochs 2 --batch-size 64}"
+read -ra LOO_ARGS <<< "${LOO_ARGS:---epochs 2 --batch-size 64 --loo-scale 2 --loo-test 1000}"
+read -ra JUDGE_EXTRA <<< "${JUDGE_EXTRA:-}"
+read -ra SEEDS <<< "${SEEDS:-0 1 2}"
+read -ra LOO_PARTS <<< "${LOO_PARTS:-dynahate,cmsb_sexism,hatemoji,conan implicit_hate,hatexplain,stormfront,ethos olid,sbic,davidson,toxigen}"
+read -ra JUDGE_EPOCHS <<< "${JUDGE_EPOCHS:-2 3}"
+
+log() { echo "[$(date -u +%T)] $*" | tee -a "$R/round.log"; }
+
+take() { cat ".stage/$1/bundle.part" >> "$W/bundle.tar"; cp ".stage/$1/bundle.sha256" "$W/"; ls -la "$W"; }
+
+unpack() {
+  [ "$(sha256sum "$W/bundle.tar" | cut -d' ' -f1)" = "$(cat "$W/bundle.sha256")" ] || { echo "bundle: checksum mismatch"; exit 1; }
+  mkdir -p "$W/x" && tar xf "$W/bundle.tar" -C "$W/x" && rm -f "$W/bundle.tar"
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$W"/x/wheels/*.whl 2>&1 | grep -v WARNING || true
+  cp -r "$W/x/site/"* /tmp/site/ && tar xzf "$W/x/data.tgz" -C /tmp/data
+  python3 -c "import torch, transformers, detoxify; print('gpu', torch.cuda.get_device_name(0), 'torch', torch.__version__, 'transformers', transformers.__version__)" | tee "$R/versions.txt"
+  echo "commit ${COMMIT:-unknown}" >> "$R/versions.txt"
+}
+
+scorer() {  # NAME SEED [extra train options]: train, then score helpful replies with the checkpoint
+  local name=$1 seed=$2; shift 2
+  python3 -m harmgate scorer train --device "$DEVICE" "${SCORER_BUDGET[@]}" --seed "$seed" --output "/tmp/sc/$name" "$@" \
+    > "$R/$name.log" 2>&1 || { log "$name: train FAILED"; return 1; }
+  cp "/tmp/sc/$name/metrics.json" "$R/$name-metrics.json"
+  python3 scripts/moderation_fp_replies.py --checkpoint "/tmp/sc/$name/detoxify.ckpt" \
+    --out "$R/$name-helpful-replies.json" >> "$R/$name.log" 2>&1 || log "$name: helpful replies FAILED"
+  log "$name: done"
+}
+
+loo_part() {  # NAME FOLDS: leave-one-dataset-out folds at the GPU budget (merged in `step` once all parts exist)
+  python3 -m harmgate scorer loo --device "$DEVICE" "${LOO_ARGS[@]}" --folds "$2" --out "$R/$1.json" > "$R/$1.log" 2>&1 || { log "$1: FAILED"; return 1; }
+  log "$1: done"
+}
+
+judge() {  # EPOCHS: the cross-encoder leave one source out
+  python3 -m harmgate scorer validate-judge --device "$DEVICE" --finetune --ft-epochs "$1" --no-model-folds --no-harm \
+    "${JUDGE_EXTRA[@]}" --out-dir "/tmp/judge-e$1" --report "$R/judge-e$1-validation.json" > "$R/judge-e$1.log" 2>&1 \
+    || { log "judge e$1: FAILED"; return 1; }
+  log "judge e$1: done"
+}
+
+experiments() {
+  log "start"
+  local pids=() merge=() i=0 seed folds epochs
+  for seed in "${SEEDS[@]}"; do
+    scorer "quoted-s$seed" "$seed" & pids+=($!)
+    scorer "noquote-s$seed" "$seed" --train-count conan_quoted=0 & pids+=($!)
+  done
+  for folds in "${LOO_PARTS[@]}"; do
+    loo_part "loo-$i" "$folds" & pids+=($!)
+    merge+=(--merge "$R/loo-$i.json"); i=$((i + 1))
+  done
+  for epochs in "${JUDGE_EPOCHS[@]}"; do judge "$epochs" & pids+=($!); done
+  wait "${pids[@]}" || true
+  python3 -m harmgate scorer loo "${merge[@]}" --out "$R/loo.json" > "$R/loo-merge.log" 2>&1 || log "loo merge FAILED"
+  log "all done"
+  touch "$W/all.done"
+}
+
+launch() {
+  unpack
+  setsid nohup bash "$0" experiments > "$W/experiments.out" 2>&1 < /dev/null &
+  sleep 2; log "launched"
+  step "${1:-400}"
+}
+
+step() {  # wait up to N seconds for the experiments, then copy what exists to $OUT
+  local until=$((SECONDS + ${1:-540}))
+  while [ ! -f "$W/all.done" ] && [ $SECONDS -lt $until ]; do sleep 10; done
+  cp -r "$R"/. "$OUT/" 2>/dev/null || true
+  cp "$W/experiments.out" "$OUT/" 2>/dev/null || true
+  tail -30 "$R/round.log"
+  grep -h "functional\|held-out\|threshold" "$R"/*-s?.log 2>/dev/null | tail -20 || true
+  [ -f "$W/all.done" ] && echo "all done" || echo "still running"
+}
+
+"$@"
