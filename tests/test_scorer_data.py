@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from evals.scorers import functional
-from evals.scorers.corpus import SOURCES, build_corpus, load_sources, parse_sources, stratified_sample
+from evals.scorers.corpus import DEFAULT_SOURCES, SOURCES, build_corpus, load_sources, parse_sources, stratified_sample
 from evals.scorers.datasets import Example, ToxicityDataError, example_side, heldout_side, labels, locate
 from evals.scorers.hate_sources import (CONAN, DYNAHATE, ETHOS, HATEMOJI, OLID, QUOTE_FRAMES, QUOTE_MAX_WORDS, SBIC,
                                         read_conan_quoted, read_dynahate, read_ethos, read_hatemoji, read_olid,
@@ -109,6 +109,13 @@ def test_sources_need_the_mirror_or_a_path(monkeypatch):
             locate(ref, None, None)
     with pytest.raises(ValueError, match="unknown toxicity source"):
         parse_sources("dynahate,hatecheck")
+
+
+def test_opt_in_sources_join_only_when_named():
+    assert "conan_quoted" in SOURCES and "conan_quoted" not in DEFAULT_SOURCES
+    assert parse_sources(None) == parse_sources("default") == parse_sources("all") == DEFAULT_SOURCES
+    assert parse_sources("default,conan_quoted") == DEFAULT_SOURCES + ("conan_quoted",)
+    assert parse_sources("conan,conan_quoted,conan") == ("conan", "conan_quoted")
 
 
 def test_hatemoji_emoji_are_spelled_out(loaded):

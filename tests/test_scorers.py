@@ -196,6 +196,7 @@ def test_scorer_train_cli_on_a_small_real_slice(shared_data, tiny_bert_dir, tmp_
         "--sources", "davidson,toxigen", "--train-count", "davidson=-1", "--heldout-count", "davidson=-1",
         "--batch-size", "8", "--heldout-fraction", "0.4", "--device", "cpu", "--seed", "1"])
     assert result.exit_code == 0, result.output
+    assert "budget: cpu (scale 2, 1 epochs, batch 32); overridden: --batch-size" in result.output
     assert "held-out AUC" in result.output and str(out / CHECKPOINT_FILE) in result.output.replace("\n", "")
     assert "operating threshold" in result.output and "functional suite (350 cases" in result.output
     metrics = json.loads((out / "metrics.json").read_text())
@@ -240,3 +241,17 @@ def test_scorer_train_rejects_bad_settings(tmp_path):
     assert result.exit_code == 2 and "unknown toxicity source(s) nope" in result.output
     result = CliRunner().invoke(app, ["scorer", "train", "--output", str(tmp_path / "x"), "--train-count", "davidson"])
     assert result.exit_code == 2 and "expected SOURCE=VALUE" in result.output
+    result = CliRunner().invoke(app, ["scorer", "train", "--output", str(tmp_path / "x"), "--budget", "tpu"])
+    assert result.exit_code == 2 and "unknown scorer budget 'tpu'; known: auto, cpu, gpu" in result.output
+
+
+def test_budget_presets_follow_the_device():
+    from evals.scorers.train import BUDGETS, TrainSettings, budget_for
+
+    assert budget_for("auto", "cpu") == ("cpu", BUDGETS["cpu"])
+    assert budget_for("auto", "cuda:1") == ("gpu", BUDGETS["gpu"])
+    assert budget_for("gpu", "cpu") == ("gpu", BUDGETS["gpu"])  # asked for by name: a long CPU run, as asked
+    cpu, gpu = BUDGETS["cpu"], BUDGETS["gpu"]
+    # the CPU preset is TrainSettings' own default; the GPU one is the budget docs/SCORERS.md measured
+    assert (cpu.scale, cpu.epochs, cpu.batch_size) == (TrainSettings(output=Path("x")).scale, 1.0, 32)
+    assert (gpu.scale, gpu.epochs, gpu.batch_size) == (6.0, 2.0, 64)

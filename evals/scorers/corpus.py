@@ -28,6 +28,7 @@ class SourceSpec:
     train: int          # default training examples (at budget scale 1)
     heldout: int = 300  # default held-out examples (in-distribution validation)
     derived_from: str | None = None  # built from another source's texts: not a dataset of its own
+    default: bool = True             # in a run unless --sources says otherwise; False: only when named
 
 
 SOURCES: dict[str, SourceSpec] = {
@@ -36,8 +37,10 @@ SOURCES: dict[str, SourceSpec] = {
     "cmsb_sexism": SourceSpec(*READERS["cmsb_sexism"], train=450),
     "hatemoji": SourceSpec(*READERS["hatemoji"], train=200),
     "conan": SourceSpec(*READERS["conan"], train=500),
-    # built from CONAN's pairs (hate_sources.read_conan_quoted): left out with CONAN in leave-one-out
-    "conan_quoted": SourceSpec(*READERS["conan_quoted"], train=250, heldout=100, derived_from="conan"),
+    # built from CONAN's pairs (hate_sources.read_conan_quoted): left out with CONAN in leave-one-out. Opt-in: at
+    # the GPU budget it did not move the functional suite over three seeds (docs/SCORERS.md)
+    "conan_quoted": SourceSpec(*READERS["conan_quoted"], train=250, heldout=100, derived_from="conan",
+                               default=False),
     "implicit_hate": SourceSpec(*READERS["implicit_hate"], train=550),
     "hatexplain": SourceSpec(*READERS["hatexplain"], train=550),
     "stormfront": SourceSpec(*READERS["stormfront"], train=300),
@@ -49,11 +52,17 @@ SOURCES: dict[str, SourceSpec] = {
 }
 
 
+DEFAULT_SOURCES = tuple(k for k, spec in SOURCES.items() if spec.default)
+
+
 def parse_sources(spec: str | Sequence[str] | None) -> tuple[str, ...]:
-    """``"all"`` / None, or a comma list of source keys; unknown keys are named with the known ones."""
-    if spec is None or spec == "all":
-        return tuple(SOURCES)
-    keys = [k.strip() for k in (spec.split(",") if isinstance(spec, str) else spec) if k.strip()]
+    """A comma list of source keys, where ``default`` (or ``all``, its older name) stands for every source that
+    is on by default; None: the defaults. ``default,conan_quoted`` adds an opt-in source. Unknown keys are named
+    with the known ones."""
+    if spec is None:
+        return DEFAULT_SOURCES
+    raw = [k.strip() for k in (spec.split(",") if isinstance(spec, str) else spec) if k.strip()]
+    keys = [k for r in raw for k in (DEFAULT_SOURCES if r in ("default", "all") else (r,))]
     unknown = [k for k in keys if k not in SOURCES]
     if unknown or not keys:
         raise ValueError(f"unknown toxicity source(s) {', '.join(unknown) or '(none given)'}; known: "

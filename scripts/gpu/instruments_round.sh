@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Issue #13's instruments on one GPU lease: what the CPU box cannot afford to measure.
-#   1. the toxicity scorer at the GPU budget (--scale 6, 2 epochs, batch 64), with and without the quoted
-#      counter-speech source (conan_quoted), seeds 0, 1, 2: functional-suite AUC, held-out AUC, threshold, false
-#      positives, helpful replies flagged (scripts/moderation_fp_replies.py);
-#   2. the leave-one-dataset-out table at that budget (10,000-example folds, 1,000 scored per left-out source);
-#   3. the fine-tuned cross-encoder judge with 2 and 3 epochs, leave one source out (4 fine-tunes each).
+#   1. the toxicity scorer at the GPU budget (`--budget auto` on a card: scale 6, 2 epochs, batch 64), ARMS (default
+#      "quoted noquote": with and without the opt-in quoted counter-speech source, conan_quoted, the held-out side
+#      identical; "default": the default sources) x SEEDS (0 1 2): functional-suite AUC, held-out AUC, threshold,
+#      false positives, helpful replies flagged (scripts/moderation_fp_replies.py);
+#   2. the leave-one-dataset-out table at that budget (10,000-example folds, 1,000 scored per left-out source;
+#      LOO_PARTS="" skips it);
+#   3. the fine-tuned cross-encoder judge with JUDGE_EPOCHS (default "2 3") epochs, leave one source out (4
+#      fine-tunes each; JUDGE_EPOCHS="" skips it).
 # All of it runs at once in the background (small models: the card and 16 cores are shared without contention
 # worth measuring; no timing here is a benchmark).
 #   here, once:   PROFILE=instruments bash scripts/gpu/stage_bundle.sh   (-> .stage/p0 .. .stage/pN)
@@ -13,7 +16,7 @@
 #   then:         bash scripts/gpu/instruments_round.sh step 540   back to back (no gap over 30 s) until "all done";
 #                 every step copies what exists so far to $OUT.
 # A smoke run on a CPU (what each command line does, in minutes):
-#   DEVICE=cpu SCORER_BUDGET="--scale 0.05 --max-steps 3" LOO_ARGS="--loo-scale 0.05 --loo-test 40" SEEDS=0 \
+#   DEVICE=cpu SCORER_BUDGET="--scale 0.05 --max-steps 3" ARMS="default quoted" LOO_ARGS="--loo-scale 0.05 --loo-test 40" SEEDS=0 \
 #   LOO_PARTS=ethos JUDGE_EPOCHS=1 JUDGE_EXTRA="--limit 6 --ft-max-steps 2" bash scripts/gpu/instruments_round.sh experiments
 set -euo pipefail
 OUT=${OUT:-/tmp/out}
@@ -23,12 +26,14 @@ mkdir -p "$OUT" "$W" "$R" /tmp/site /tmp/data /tmp/hgmodels
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HARMGATE_DATA_MIRROR=/tmp/data
 export HARMGATE_MODEL_DIR=/tmp/hgmodels OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1
 DEVICE=${DEVICE:-cuda}
-read -ra SCORER_BUDGET <<< "${SCORER_BUDGET:---scale 6 --epochs 2 --batch-size 64}"
+read -ra SCORER_BUDGET <<< "${SCORER_BUDGET-}"   # empty: the --budget preset for the device (gpu on a card)
 read -ra LOO_ARGS <<< "${LOO_ARGS:---epochs 2 --batch-size 64 --loo-scale 2 --loo-test 1000}"
 read -ra JUDGE_EXTRA <<< "${JUDGE_EXTRA:-}"
 read -ra SEEDS <<< "${SEEDS:-0 1 2}"
-read -ra LOO_PARTS <<< "${LOO_PARTS:-dynahate,cmsb_sexism,hatemoji,conan implicit_hate,hatexplain,stormfront,ethos olid,sbic,davidson,toxigen}"
-read -ra JUDGE_EPOCHS <<< "${JUDGE_EPOCHS:-2 3}"
+read -ra LOO_PARTS <<< "${LOO_PARTS-dynahate,cmsb_sexism,hatemoji,conan implicit_hate,hatexplain,stormfront,ethos olid,sbic,davidson,toxigen}"
+read -ra JUDGE_EPOCHS <<< "${JUDGE_EPOCHS-2 3}"
+read -ra ARMS <<< "${ARMS:-quoted noquote}"   # default: the sources on by default; quoted / noquote: with / without
+                                              # conan_quoted, the rest as default
 
 log() { echo "[$(date -u +%T)] $*" | tee -a "$R/round.log"; }
 
@@ -67,10 +72,16 @@ judge() {  # EPOCHS: the cross-encoder leave one source out
 
 experiments() {
   log "start"
-  local pids=() merge=() i=0 seed folds epochs
+  local pids=() merge=() i=0 seed folds epochs arm
   for seed in "${SEEDS[@]}"; do
-    scorer "quoted-s$seed" "$seed" & pids+=($!)
-    scorer "noquote-s$seed" "$seed" --train-count conan_quoted=0 & pids+=($!)
+    for arm in "${ARMS[@]}"; do
+      case "$arm" in
+        default) scorer "default-s$seed" "$seed" & pids+=($!) ;;
+        quoted) scorer "quoted-s$seed" "$seed" --sources default,conan_quoted & pids+=($!) ;;
+        noquote) scorer "noquote-s$seed" "$seed" --sources default,conan_quoted --train-count conan_quoted=0 & pids+=($!) ;;
+        *) log "unknown arm $arm"; return 2 ;;
+      esac
+    done
   done
   for folds in "${LOO_PARTS[@]}"; do
     loo_part "loo-$i" "$folds" & pids+=($!)
@@ -78,7 +89,9 @@ experiments() {
   done
   for epochs in "${JUDGE_EPOCHS[@]}"; do judge "$epochs" & pids+=($!); done
   wait "${pids[@]}" || true
-  python3 -m harmgate scorer loo "${merge[@]}" --out "$R/loo.json" > "$R/loo-merge.log" 2>&1 || log "loo merge FAILED"
+  if [ ${#merge[@]} -gt 0 ]; then
+    python3 -m harmgate scorer loo "${merge[@]}" --out "$R/loo.json" > "$R/loo-merge.log" 2>&1 || log "loo merge FAILED"
+  fi
   log "all done"
   touch "$W/all.done"
 }
