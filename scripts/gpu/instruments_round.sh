@@ -26,13 +26,16 @@ mkdir -p "$OUT" "$W" "$R" /tmp/site /tmp/data /tmp/hgmodels
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HARMGATE_DATA_MIRROR=/tmp/data
 export HARMGATE_MODEL_DIR=/tmp/hgmodels OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1
 DEVICE=${DEVICE:-cuda}
-read -ra SCORER_BUDGET <<< "${SCORER_BUDGET-}"   # empty: the --budget preset for the device (gpu on a card)
-read -ra LOO_ARGS <<< "${LOO_ARGS:---epochs 2 --batch-size 64 --loo-scale 2 --loo-test 1000}"
-read -ra JUDGE_EXTRA <<< "${JUDGE_EXTRA:-}"
-read -ra SEEDS <<< "${SEEDS:-0 1 2}"
-read -ra LOO_PARTS <<< "${LOO_PARTS-dynahate,cmsb_sexism,hatemoji,conan implicit_hate,hatexplain,stormfront,ethos olid,sbic,davidson,toxigen}"
-read -ra JUDGE_EPOCHS <<< "${JUDGE_EPOCHS-2 3}"
-read -ra ARMS <<< "${ARMS:-quoted noquote}"   # default: the sources on by default; quoted / noquote: with / without
+# The knobs arrive as environment strings and are split into lower-case arrays: bash cannot export an array, so
+# re-using the upper-case names would drop them for the background `experiments` process (2026-12-03: it ran the
+# defaults instead of ARMS=default).
+read -ra scorer_budget <<< "${SCORER_BUDGET-}"   # empty: the --budget preset for the device (gpu on a card)
+read -ra loo_args <<< "${LOO_ARGS:---epochs 2 --batch-size 64 --loo-scale 2 --loo-test 1000}"
+read -ra judge_extra <<< "${JUDGE_EXTRA:-}"
+read -ra seeds <<< "${SEEDS:-0 1 2}"
+read -ra loo_parts <<< "${LOO_PARTS-dynahate,cmsb_sexism,hatemoji,conan implicit_hate,hatexplain,stormfront,ethos olid,sbic,davidson,toxigen}"
+read -ra judge_epochs <<< "${JUDGE_EPOCHS-2 3}"
+read -ra arms <<< "${ARMS:-quoted noquote}"   # default: the sources on by default; quoted / noquote: with / without
                                               # conan_quoted, the rest as default
 
 log() { echo "[$(date -u +%T)] $*" | tee -a "$R/round.log"; }
@@ -50,7 +53,7 @@ unpack() {
 
 scorer() {  # NAME SEED [extra train options]: train, then score helpful replies with the checkpoint
   local name=$1 seed=$2; shift 2
-  python3 -m harmgate scorer train --device "$DEVICE" "${SCORER_BUDGET[@]}" --seed "$seed" --output "/tmp/sc/$name" "$@" \
+  python3 -m harmgate scorer train --device "$DEVICE" "${scorer_budget[@]}" --seed "$seed" --output "/tmp/sc/$name" "$@" \
     > "$R/$name.log" 2>&1 || { log "$name: train FAILED"; return 1; }
   cp "/tmp/sc/$name/metrics.json" "$R/$name-metrics.json"
   python3 scripts/moderation_fp_replies.py --checkpoint "/tmp/sc/$name/detoxify.ckpt" \
@@ -59,13 +62,13 @@ scorer() {  # NAME SEED [extra train options]: train, then score helpful replies
 }
 
 loo_part() {  # NAME FOLDS: leave-one-dataset-out folds at the GPU budget (merged in `step` once all parts exist)
-  python3 -m harmgate scorer loo --device "$DEVICE" "${LOO_ARGS[@]}" --folds "$2" --out "$R/$1.json" > "$R/$1.log" 2>&1 || { log "$1: FAILED"; return 1; }
+  python3 -m harmgate scorer loo --device "$DEVICE" "${loo_args[@]}" --folds "$2" --out "$R/$1.json" > "$R/$1.log" 2>&1 || { log "$1: FAILED"; return 1; }
   log "$1: done"
 }
 
 judge() {  # EPOCHS: the cross-encoder leave one source out
   python3 -m harmgate scorer validate-judge --device "$DEVICE" --finetune --ft-epochs "$1" --no-model-folds --no-harm \
-    "${JUDGE_EXTRA[@]}" --out-dir "/tmp/judge-e$1" --report "$R/judge-e$1-validation.json" > "$R/judge-e$1.log" 2>&1 \
+    "${judge_extra[@]}" --out-dir "/tmp/judge-e$1" --report "$R/judge-e$1-validation.json" > "$R/judge-e$1.log" 2>&1 \
     || { log "judge e$1: FAILED"; return 1; }
   log "judge e$1: done"
 }
@@ -73,8 +76,8 @@ judge() {  # EPOCHS: the cross-encoder leave one source out
 experiments() {
   log "start"
   local pids=() merge=() i=0 seed folds epochs arm
-  for seed in "${SEEDS[@]}"; do
-    for arm in "${ARMS[@]}"; do
+  for seed in "${seeds[@]}"; do
+    for arm in "${arms[@]}"; do
       case "$arm" in
         default) scorer "default-s$seed" "$seed" & pids+=($!) ;;
         quoted) scorer "quoted-s$seed" "$seed" --sources default,conan_quoted & pids+=($!) ;;
@@ -83,11 +86,11 @@ experiments() {
       esac
     done
   done
-  for folds in "${LOO_PARTS[@]}"; do
+  for folds in "${loo_parts[@]}"; do
     loo_part "loo-$i" "$folds" & pids+=($!)
     merge+=(--merge "$R/loo-$i.json"); i=$((i + 1))
   done
-  for epochs in "${JUDGE_EPOCHS[@]}"; do judge "$epochs" & pids+=($!); done
+  for epochs in "${judge_epochs[@]}"; do judge "$epochs" & pids+=($!); done
   wait "${pids[@]}" || true
   if [ ${#merge[@]} -gt 0 ]; then
     python3 -m harmgate scorer loo "${merge[@]}" --out "$R/loo.json" > "$R/loo-merge.log" 2>&1 || log "loo merge FAILED"
