@@ -148,7 +148,8 @@ def train(
         preset, base = budget_for(budget, device)
         given = [name for name, v in (("--scale", scale), ("--epochs", epochs), ("--batch-size", batch_size))
                  if v is not None]
-        console.print(f"budget: {preset} (scale {base.scale:g}, {base.epochs:g} epochs, batch {base.batch_size})"
+        console.print(f"budget: {preset} (scale {base.scale:g}, {base.epochs:g} epoch{'' if base.epochs == 1 else 's'}, "
+                      f"batch {base.batch_size})"
                       + (f"; overridden: {', '.join(given)}" if given else ""))
         settings = TrainSettings(
             output=output or model_dir() / DEFAULT_CHECKPOINT, encoder=encoder, mirror=mirror,

@@ -196,7 +196,7 @@ def test_scorer_train_cli_on_a_small_real_slice(shared_data, tiny_bert_dir, tmp_
         "--sources", "davidson,toxigen", "--train-count", "davidson=-1", "--heldout-count", "davidson=-1",
         "--batch-size", "8", "--heldout-fraction", "0.4", "--device", "cpu", "--seed", "1"])
     assert result.exit_code == 0, result.output
-    assert "budget: cpu (scale 2, 1 epochs, batch 32); overridden: --batch-size" in result.output
+    assert "budget: cpu (scale 2, 1 epoch, batch 32); overridden: --batch-size" in result.output
     assert "held-out AUC" in result.output and str(out / CHECKPOINT_FILE) in result.output.replace("\n", "")
     assert "operating threshold" in result.output and "functional suite (350 cases" in result.output
     metrics = json.loads((out / "metrics.json").read_text())
