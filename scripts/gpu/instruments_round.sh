@@ -36,7 +36,8 @@ read -ra seeds <<< "${SEEDS:-0 1 2}"
 read -ra loo_parts <<< "${LOO_PARTS-dynahate,cmsb_sexism,hatemoji,conan implicit_hate,hatexplain,stormfront,ethos olid,sbic,davidson,toxigen}"
 read -ra judge_epochs <<< "${JUDGE_EPOCHS-2 3}"
 read -ra arms <<< "${ARMS:-quoted noquote}"   # default: the sources on by default; quoted / noquote: with / without
-                                              # conan_quoted, the rest as default
+                                              # conan_quoted, the rest as default; cpu, cpu-e2, cpu-dyn: the CPU
+                                              # preset and two same-cost alternatives
 
 log() { echo "[$(date -u +%T)] $*" | tee -a "$R/round.log"; }
 
@@ -82,6 +83,12 @@ experiments() {
         default) scorer "default-s$seed" "$seed" & pids+=($!) ;;
         quoted) scorer "quoted-s$seed" "$seed" --sources default,conan_quoted & pids+=($!) ;;
         noquote) scorer "noquote-s$seed" "$seed" --sources default,conan_quoted --train-count conan_quoted=0 & pids+=($!) ;;
+        # the CPU preset's cost on the card (8 length-sorted chunks as on a CPU), and two ways to spend the same
+        # number of examples: half the data twice, or DynaHate doubled with the rest scaled to the same total
+        cpu) scorer "cpu-s$seed" "$seed" --budget cpu --length-chunks 8 & pids+=($!) ;;
+        cpu-e2) scorer "cpu-e2-s$seed" "$seed" --budget cpu --scale 1 --epochs 2 --length-chunks 8 & pids+=($!) ;;
+        cpu-dyn) scorer "cpu-dyn-s$seed" "$seed" --budget cpu --scale 1.307 --train-count dynahate=5200 \
+                   --length-chunks 8 & pids+=($!) ;;
         *) log "unknown arm $arm"; return 2 ;;
       esac
     done
