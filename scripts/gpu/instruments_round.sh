@@ -15,16 +15,21 @@
 #   job N:        bash scripts/gpu/instruments_round.sh take pN && COMMIT=<sha> bash scripts/gpu/instruments_round.sh launch
 #   then:         bash scripts/gpu/instruments_round.sh step 540   back to back (no gap over 30 s) until "all done";
 #                 every step copies what exists so far to $OUT.
+# On this CPU (arms at the real CPU budget, two at a time, results in /tmp/round/res):
+#   PATH=.venv/bin:$PATH HARMGATE_DATA_MIRROR=../shared/data DEVICE=cpu SCORER_BUDGET="--threads 1" PARALLEL=2 \
+#   OMP_NUM_THREADS=1 ARMS="cpu-e2 cpu-dyn" LOO_PARTS="" JUDGE_EPOCHS="" bash scripts/gpu/instruments_round.sh experiments
 # A smoke run on a CPU (what each command line does, in minutes):
-#   DEVICE=cpu SCORER_BUDGET="--scale 0.05 --max-steps 3" ARMS="default quoted" LOO_ARGS="--loo-scale 0.05 --loo-test 40" SEEDS=0 \
+#   PATH=.venv/bin:$PATH HARMGATE_DATA_MIRROR=../shared/data DEVICE=cpu SCORER_BUDGET="--scale 0.05 --max-steps 3" ARMS="default quoted" LOO_ARGS="--loo-scale 0.05 --loo-test 40" SEEDS=0 \
 #   LOO_PARTS=ethos JUDGE_EPOCHS=1 JUDGE_EXTRA="--limit 6 --ft-max-steps 2" bash scripts/gpu/instruments_round.sh experiments
 set -euo pipefail
 OUT=${OUT:-/tmp/out}
 W=/tmp/round
 R=$W/res
 mkdir -p "$OUT" "$W" "$R" /tmp/site /tmp/data /tmp/hgmodels
-export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HARMGATE_DATA_MIRROR=/tmp/data
-export HARMGATE_MODEL_DIR=/tmp/hgmodels OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1
+export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
+export HARMGATE_DATA_MIRROR=${HARMGATE_DATA_MIRROR:-/tmp/data} HARMGATE_MODEL_DIR=${HARMGATE_MODEL_DIR:-/tmp/hgmodels}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+PARALLEL=${PARALLEL:-64}   # at most this many scorer runs at once (a CPU run here: 2)
 DEVICE=${DEVICE:-cuda}
 # The knobs arrive as environment strings and are split into lower-case arrays: bash cannot export an array, so
 # re-using the upper-case names would drop them for the background `experiments` process (2026-12-03: it ran the
@@ -79,6 +84,7 @@ experiments() {
   local pids=() merge=() i=0 seed folds epochs arm
   for seed in "${seeds[@]}"; do
     for arm in "${arms[@]}"; do
+      while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do wait -n || true; done
       case "$arm" in
         default) scorer "default-s$seed" "$seed" & pids+=($!) ;;
         quoted) scorer "quoted-s$seed" "$seed" --sources default,conan_quoted & pids+=($!) ;;
