@@ -111,7 +111,7 @@ def train(
     data: Optional[list[str]] = typer.Option(None, help="SOURCE=PATH: read that source from PATH (repeatable)"),
     train_count: Optional[list[str]] = typer.Option(None, help="SOURCE=N training examples (-1: all; repeatable)"),
     heldout_count: Optional[list[str]] = typer.Option(None, help="SOURCE=N held-out examples (-1: all)"),
-    budget: str = typer.Option("auto", help="Preset for --scale, --epochs and --batch-size: cpu (scale 2, 1 epoch, "
+    budget: str = typer.Option("auto", help="Preset for --scale, --epochs and --batch-size: cpu (scale 1, 2 epochs, "
                                "batch 32), gpu (scale 6, 2 epochs, batch 64), auto (by the device)"),
     scale: Optional[float] = typer.Option(None, help="Multiply every default training budget (1: ~5,000 "
                                           "examples; default: the --budget preset's)"),

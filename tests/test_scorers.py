@@ -196,7 +196,7 @@ def test_scorer_train_cli_on_a_small_real_slice(shared_data, tiny_bert_dir, tmp_
         "--sources", "davidson,toxigen", "--train-count", "davidson=-1", "--heldout-count", "davidson=-1",
         "--batch-size", "8", "--heldout-fraction", "0.4", "--device", "cpu", "--seed", "1"])
     assert result.exit_code == 0, result.output
-    assert "budget: cpu (scale 2, 1 epoch, batch 32); overridden: --batch-size" in result.output
+    assert "budget: cpu (scale 1, 2 epochs, batch 32); overridden: --batch-size" in result.output
     assert "held-out AUC" in result.output and str(out / CHECKPOINT_FILE) in result.output.replace("\n", "")
     assert "operating threshold" in result.output and "functional suite (350 cases" in result.output
     metrics = json.loads((out / "metrics.json").read_text())
@@ -253,5 +253,7 @@ def test_budget_presets_follow_the_device():
     assert budget_for("gpu", "cpu") == ("gpu", BUDGETS["gpu"])  # asked for by name: a long CPU run, as asked
     cpu, gpu = BUDGETS["cpu"], BUDGETS["gpu"]
     # the CPU preset is TrainSettings' own default; the GPU one is the budget docs/SCORERS.md measured
-    assert (cpu.scale, cpu.epochs, cpu.batch_size) == (TrainSettings(output=Path("x")).scale, 1.0, 32)
+    default = TrainSettings(output=Path("x"))
+    assert (cpu.scale, cpu.epochs, cpu.batch_size) == (default.scale, default.epochs, default.batch_size)
+    assert (cpu.scale, cpu.epochs, cpu.batch_size) == (1.0, 2.0, 32)
     assert (gpu.scale, gpu.epochs, gpu.batch_size) == (6.0, 2.0, 64)
