@@ -148,18 +148,19 @@ def train(
         preset, base = budget_for(budget, device)
         given = [name for name, v in (("--scale", scale), ("--epochs", epochs), ("--batch-size", batch_size))
                  if v is not None]
-        console.print(f"budget: {preset} (scale {base.scale:g}, {base.epochs:g} epoch{'' if base.epochs == 1 else 's'}, "
-                      f"batch {base.batch_size})"
+        console.print(f"budget: {preset} (scale {base.scale:g}, {base.epochs:g} "
+                      f"epoch{'' if base.epochs == 1 else 's'}, batch {base.batch_size})"
                       + (f"; overridden: {', '.join(given)}" if given else ""))
+        chosen = base.overridden(scale=scale, epochs=epochs, batch_size=batch_size)
         settings = TrainSettings(
             output=output or model_dir() / DEFAULT_CHECKPOINT, encoder=encoder, mirror=mirror,
             sources=parse_sources(sources), paths=_pairs(data, "--data"),
             train_counts=_pairs(train_count, "--train-count", _count),
             heldout_counts=_pairs(heldout_count, "--heldout-count", _count),
-            scale=base.scale if scale is None else scale, budget=preset if not given else f"{preset}, overridden",
-            heldout_fraction=heldout_fraction, epochs=base.epochs if epochs is None else epochs,
-            max_steps=None if max_steps < 0 else max_steps,
-            batch_size=base.batch_size if batch_size is None else batch_size, learning_rate=learning_rate, head_learning_rate=head_learning_rate,
+            scale=chosen.scale, epochs=chosen.epochs, batch_size=chosen.batch_size,
+            budget=f"{preset}, overridden" if given else preset, heldout_fraction=heldout_fraction,
+            max_steps=None if max_steps < 0 else max_steps, learning_rate=learning_rate,
+            head_learning_rate=head_learning_rate,
             max_length=max_length, freeze_embeddings=freeze_embeddings, length_chunks=length_chunks or None,
             balance_labels=balance_labels, seed=seed,
             device=device, leave_one_out=leave_one_out, loo_scale=loo_scale, loo_test=loo_test)

@@ -201,6 +201,9 @@ def test_scorer_train_cli_on_a_small_real_slice(shared_data, tiny_bert_dir, tmp_
     assert "operating threshold" in result.output and "functional suite (350 cases" in result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["training"]["steps"] == 1 and metrics["detoxify_roundtrip"]["max_abs_diff"] < 1e-4
+    settings = metrics["settings"]  # the cpu preset, with the one value given on the command line
+    assert (settings["budget"], settings["scale"], settings["epochs"], settings["batch_size"]) == \
+        ("cpu, overridden", 1.0, 2.0, 8)
     assert set(metrics["heldout_auc"]) == set(LABELS)
     tox = metrics["heldout_auc"]["toxicity"]
     assert tox["n"] > 0 and 0 < tox["positives"] < tox["n"] and 0.0 <= tox["auc"] <= 1.0

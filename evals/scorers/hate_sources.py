@@ -239,7 +239,7 @@ QUOTE_FRAMES = (
 QUOTE_MAX_WORDS = 45
 
 
-def conan_pairs(r: "_Reader") -> Iterable[tuple[Any, Any]]:
+def conan_pairs(r: _Reader) -> Iterable[tuple[Any, Any]]:
     """(hate speech, the counter-narrative that answers it) from the three English CONAN files."""
     for row in r.rows(r.file("Multitarget-CONAN.csv")):
         yield row.get("HATE_SPEECH"), row.get("COUNTER_NARRATIVE")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -47,6 +47,10 @@ class Budget:
     scale: float
     epochs: float
     batch_size: int
+
+    def overridden(self, **given: float | int | None) -> Budget:
+        """This preset with the values given explicitly (None: keep the preset's)."""
+        return replace(self, **{k: v for k, v in given.items() if v is not None})
 
 
 # Presets by device kind (`harmgate scorer train --budget auto` picks by the device it trains on):
@@ -77,10 +81,11 @@ class TrainSettings(FinetuneSettings):
     paths: Mapping[str, str] = field(default_factory=dict)           # source -> path / hub id override
     train_counts: Mapping[str, int | None] = field(default_factory=dict)    # source -> examples (None: all)
     heldout_counts: Mapping[str, int | None] = field(default_factory=dict)
-    # multiplies every default training budget (corpus.SOURCES). The defaults here are BUDGETS["cpu"], so a
-    # TrainSettings built in code trains what `harmgate scorer train` does on a CPU
-    scale: float = 1.0
-    epochs: float = 2.0
+    # multiplies every default training budget (corpus.SOURCES). scale, epochs and batch_size default to
+    # BUDGETS["cpu"], so a TrainSettings built in code trains what `harmgate scorer train` does on a CPU
+    scale: float = BUDGETS["cpu"].scale
+    epochs: float = BUDGETS["cpu"].epochs
+    batch_size: int = BUDGETS["cpu"].batch_size
     budget: str | None = None           # the preset (BUDGETS) scale / epochs / batch_size came from, if one did
     heldout_fraction: float = 0.15
     balance_labels: bool = True         # weigh each label's positives and negatives equally (see _class_weights)

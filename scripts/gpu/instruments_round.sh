@@ -67,7 +67,7 @@ scorer() {  # NAME SEED [extra train options]: train, then score helpful replies
   log "$name: done"
 }
 
-loo_part() {  # NAME FOLDS: leave-one-dataset-out folds at the GPU budget (merged in `step` once all parts exist)
+loo_part() {  # NAME FOLDS: leave-one-dataset-out folds at the GPU budget (`experiments` merges the parts)
   python3 -m harmgate scorer loo --device "$DEVICE" "${loo_args[@]}" --folds "$2" --out "$R/$1.json" > "$R/$1.log" 2>&1 || { log "$1: FAILED"; return 1; }
   log "$1: done"
 }
