@@ -289,8 +289,9 @@ class Split:
 def split_and_sample(examples: list[Example], *, seed: int, heldout_fraction: float,
                      train_limit: int | None, heldout_limit: int | None) -> Split:
     """Group-aware split first (fixed by the seed), then seeded samples of each side."""
-    train = [e for e in examples if example_side(e, seed, heldout_fraction) is False]
-    held = [e for e in examples if example_side(e, seed, heldout_fraction) is True]
+    sides = [example_side(e, seed, heldout_fraction) for e in examples]  # None: on neither side
+    train = [e for e, side in zip(examples, sides) if side is False]
+    held = [e for e, side in zip(examples, sides) if side is True]
     rng = random.Random(seed)
     train.sort(key=lambda e: e.group)
     held.sort(key=lambda e: e.group)
